@@ -1,0 +1,3 @@
+"""OrthoFM: a musculoskeletal imaging foundation model toolkit."""
+
+__version__ = "0.1.0"
