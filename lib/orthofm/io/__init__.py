@@ -1,0 +1,33 @@
+"""Medical image I/O: read radiographs, raster exports, DICOM series and volumes with exact geometry,
+prepare them reversibly for the model, and write results Slicer overlays on the source image.
+
+Conventions (see docs/io.md): arrays (H, W) / (D, H, W); spacing per array axis in mm (None when
+unknown); origin/direction in LPS; ``direction[:, a]`` is the unit vector of array axis ``a``.
+"""
+
+from .dicom import read_dicom_file
+from .errors import DEFAULT_MAX_PIXELS, ImageReadError, SpacingUnknownWarning
+from .prepare import LetterboxGeometry, PreparedImage, prepare_2d, robust_range, robust_scale
+from .raster import read_raster
+from .reader import read_image
+from .record import ImageRecord
+from .series import read_dicom_series
+from .volumes import read_nifti, read_nrrd
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ImageReadError",
+    "ImageRecord",
+    "LetterboxGeometry",
+    "PreparedImage",
+    "SpacingUnknownWarning",
+    "prepare_2d",
+    "read_dicom_file",
+    "read_dicom_series",
+    "read_image",
+    "read_nifti",
+    "read_nrrd",
+    "read_raster",
+    "robust_range",
+    "robust_scale",
+]
