@@ -1,0 +1,1 @@
+"""OrthoFM MONAI Label app wiring (imported as ``lib`` with the app folder on the path, MONAI Label's layout)."""

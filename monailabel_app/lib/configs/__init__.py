@@ -1,0 +1,1 @@
+"""One ``TaskConfig`` per served task; the module name is the task name (``--conf models``)."""

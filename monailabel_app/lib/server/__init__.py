@@ -1,0 +1,1 @@
+"""Hardened serving around MONAI Label: launcher, routes, validation, crash-consistent datastore."""

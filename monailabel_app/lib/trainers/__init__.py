@@ -1,0 +1,1 @@
+"""Train tasks: build their data from the datastore and publish heads atomically."""
