@@ -1,0 +1,131 @@
+"""The benchmark runner: discovery, row checks, reports, regression flags (never failures), crash capture."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import bench_matmul, run_all
+from orthofm import __version__
+
+
+def _outcome(value: float, unit: str, name: str = "thing") -> run_all.BenchOutcome:
+    row = run_all.validate_row({"name": name, "value": value, "unit": unit, "reference": None, "ratio": None,
+                                "notes": ""})
+    return run_all.BenchOutcome(bench="b", rows=[row])
+
+
+def _previous(value: float, unit: str, name: str = "thing") -> dict:
+    return {"results": [{"bench": "b", "name": name, "value": value, "unit": unit}]}
+
+
+def test_discovers_the_repository_benches() -> None:
+    found = run_all.discover()
+    assert "matmul" in found and found["matmul"].name == "bench_matmul.py"
+    assert set(run_all.discover(only=["matmul"])) == {"matmul"}
+    with pytest.raises(SystemExit, match="unknown benchmark"):
+        run_all.discover(only=["nope"])
+
+
+def test_row_validation() -> None:
+    row = {"name": "x", "value": 1.5, "unit": "ms", "reference": None, "ratio": None, "notes": ""}
+    assert run_all.validate_row(row)["higher_is_better"] is False
+    assert run_all.validate_row({**row, "unit": "GFLOP/s"})["higher_is_better"] is True
+    assert run_all.validate_row({**row, "higher_is_better": True})["higher_is_better"] is True
+    with pytest.raises(ValueError, match=r"lacks keys \['notes'\]"):
+        run_all.validate_row({k: v for k, v in row.items() if k != "notes"})
+    with pytest.raises(TypeError, match="value must be a number"):
+        run_all.validate_row({**row, "value": "fast"})
+    with pytest.raises(TypeError, match="must be a dict"):
+        run_all.validate_row([1, 2])
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "unit", "flagged"),
+    [
+        (100.0, 70.0, "GFLOP/s", True),  # throughput fell 30%
+        (100.0, 85.0, "GFLOP/s", False),  # 15%: noise
+        (100.0, 150.0, "GFLOP/s", False),  # faster
+        (10.0, 13.0, "ms", True),  # latency up 30% = 23% less performance
+        (10.0, 11.0, "ms", False),
+        (10.0, 5.0, "ms", False),
+    ],
+)
+def test_regression_threshold_respects_direction(old: float, new: float, unit: str, flagged: bool) -> None:
+    found = run_all.find_regressions(_previous(old, unit), [_outcome(new, unit)])
+    assert bool(found) is flagged
+    if flagged:
+        assert found[0]["previous"] == old and found[0]["current"] == new
+
+
+def test_rows_without_history_or_with_another_unit_are_not_compared() -> None:
+    assert run_all.find_regressions(None, [_outcome(1.0, "ms")]) == []
+    assert run_all.find_regressions(_previous(100.0, "s"), [_outcome(1.0, "ms")]) == []
+    assert run_all.find_regressions(_previous(100.0, "ms", name="other"), [_outcome(1.0, "ms")]) == []
+
+
+def test_full_run_writes_reports_flags_regressions_and_captures_crashes(tmp_path: Path) -> None:
+    benches, out = tmp_path / "benches", tmp_path / "docs"
+    benches.mkdir()
+    out.mkdir()
+    (benches / "bench_sorting.py").write_text(textwrap.dedent("""
+        import random, time
+
+        def run():
+            data = [random.random() for _ in range(20000)]
+            start = time.perf_counter()
+            sorted(data)
+            ms = (time.perf_counter() - start) * 1e3
+            return [{"name": "sort_20k", "value": ms, "unit": "ms", "reference": None, "ratio": None,
+                     "notes": "sorted() of 20k floats"}]
+    """))
+    (benches / "bench_broken.py").write_text("def run():\n    raise RuntimeError('bench exploded')\n")
+    # previous report claims sorting took 1 ns: the new timing is certainly a >20% "regression"
+    (out / "benchmarks.json").write_text(json.dumps(
+        {"results": [{"bench": "sorting", "name": "sort_20k", "value": 1e-6, "unit": "ms"}]}))
+
+    report = run_all.run_all(bench_dir=benches, out_dir=out)
+
+    assert [r["name"] for r in report["results"]] == ["sort_20k"]
+    assert 0 < report["results"][0]["value"] < 10_000
+    assert set(report["errors"]) == {"broken"} and "bench exploded" in report["errors"]["broken"]
+    assert [g["name"] for g in report["regressions"]] == ["sort_20k"]
+    saved = json.loads((out / "benchmarks.json").read_text())
+    assert saved["results"] == report["results"]
+    assert saved["machine"]["libraries"]["orthofm"] == __version__
+    assert saved["machine"]["torch_threads"] >= 1
+    md = (out / "benchmarks.md").read_text()
+    assert "| sorting | sort_20k |" in md
+    assert "sorting/sort_20k: 1e-06 ->" in md
+    assert "bench exploded" in md
+    assert " ".join(saved["machine"]["isa_flags"]) in md
+
+
+def test_partial_run_keeps_other_benches_results(tmp_path: Path) -> None:
+    benches, out = tmp_path / "benches", tmp_path / "docs"
+    benches.mkdir()
+    out.mkdir()
+    row = '[{"name": "n", "value": 2.0, "unit": "x", "reference": None, "ratio": None, "notes": ""}]'
+    for name in ("alpha", "beta"):
+        (benches / f"bench_{name}.py").write_text(f"def run():\n    return {row}\n")
+    run_all.run_all(bench_dir=benches, out_dir=out)
+    report = run_all.run_all(bench_dir=benches, out_dir=out, only=["beta"])
+    assert sorted(r["bench"] for r in report["results"]) == ["alpha", "beta"]
+    assert report["regressions"] == []
+
+
+def test_matmul_bench_measures_real_throughput(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench_matmul.run() with its size sweep cut to one small real measurement per dtype (fast)."""
+    measured = {dtype: bench_matmul._median_gflops(256, dtype, repeats=3) for dtype in (torch.float32, torch.bfloat16)}
+    assert all(0.1 < g < 100_000 for g in measured.values())  # GFLOP/s: any real CPU lands in this range
+    monkeypatch.setattr(bench_matmul, "matmul_sweep", lambda dtype: {256: measured[dtype]})
+    rows = {r["name"]: run_all.validate_row(r) for r in bench_matmul.run()}
+    assert set(rows) == {"matmul_fp32_peak", "matmul_bf16_peak"}
+    assert rows["matmul_fp32_peak"]["unit"] == "GFLOP/s" and rows["matmul_fp32_peak"]["higher_is_better"]
+    bf16 = rows["matmul_bf16_peak"]
+    assert bf16["reference"] == pytest.approx(measured[torch.float32], abs=0.05)
+    assert bf16["ratio"] == pytest.approx(measured[torch.bfloat16] / measured[torch.float32], abs=0.01)
