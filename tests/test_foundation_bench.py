@@ -120,12 +120,14 @@ def test_partial_run_keeps_other_benches_results(tmp_path: Path) -> None:
 
 def test_matmul_bench_measures_real_throughput(monkeypatch: pytest.MonkeyPatch) -> None:
     """bench_matmul.run() with its size sweep cut to one small real measurement per dtype (fast)."""
-    measured = {dtype: bench_matmul._median_gflops(256, dtype, repeats=3) for dtype in (torch.float32, torch.bfloat16)}
-    assert all(0.1 < g < 100_000 for g in measured.values())  # GFLOP/s: any real CPU lands in this range
-    monkeypatch.setattr(bench_matmul, "matmul_sweep", lambda dtype: {256: measured[dtype]})
+    measured = bench_matmul.measure(sizes=(256,), repeats=3)
+    assert set(measured) == {torch.float32, torch.bfloat16}
+    assert all(0.1 < g[256] < 100_000 for g in measured.values())  # GFLOP/s: any real CPU lands in this range
+    monkeypatch.setattr(bench_matmul, "_sweep", lambda: measured)
     rows = {r["name"]: run_all.validate_row(r) for r in bench_matmul.run()}
     assert set(rows) == {"matmul_fp32_peak", "matmul_bf16_peak"}
     assert rows["matmul_fp32_peak"]["unit"] == "GFLOP/s" and rows["matmul_fp32_peak"]["higher_is_better"]
+    assert bench_matmul.matmul_gflops(torch.bfloat16) == measured[torch.bfloat16][256]
     bf16 = rows["matmul_bf16_peak"]
-    assert bf16["reference"] == pytest.approx(measured[torch.float32], abs=0.05)
-    assert bf16["ratio"] == pytest.approx(measured[torch.bfloat16] / measured[torch.float32], abs=0.01)
+    assert bf16["reference"] == pytest.approx(measured[torch.float32][256], abs=0.05)
+    assert bf16["ratio"] == pytest.approx(measured[torch.bfloat16][256] / measured[torch.float32][256], abs=0.01)
