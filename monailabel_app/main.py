@@ -102,7 +102,6 @@ class OrthoFMApp(MONAILabelApp):
     def info(self) -> dict[str, Any]:
         meta = super().info()
         meta["orthofm"] = self.runtime.describe()
-        meta["config"] = {}
         return meta
 
     def on_init_complete(self) -> None:
@@ -110,5 +109,12 @@ class OrthoFMApp(MONAILabelApp):
         log.info("OrthoFM app ready: tasks %s", sorted(self._infers))
         self.runtime.on_ready(self)
 
+    def on_new_image(self, image_id: str) -> None:
+        """A client uploaded an image: the background embedder picks it up (no subprocess per upload)."""
+        self.runtime.notify_new_image(image_id)
+
     def shutdown(self) -> None:
         self.runtime.close()
+        close = getattr(self._datastore, "close", None)
+        if close is not None:
+            close()

@@ -199,6 +199,12 @@ class ModelRuntime:
         for hook in self._hooks:
             hook(app)
 
+    def notify_new_image(self, image_id: str) -> None:
+        for hook in self._hooks:
+            notify = getattr(hook, "notify", None)
+            if notify is not None:
+                notify(image_id)
+
     def close(self) -> None:
         for hook in self._hooks:
             stop = getattr(hook, "stop", None)

@@ -9,6 +9,7 @@ Which MONAI Label routes are served, and how:
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -69,7 +70,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     """The ASGI app `orthofm serve` runs (MONAI Label settings must already be in the environment)."""
     from monailabel.interfaces.utils.app import app_instance
 
-    from . import routes_core
+    from . import routes_core, routes_datastore, routes_infer, routes_tasks
     from .middleware import RequestGuard
 
     @asynccontextmanager
@@ -79,9 +80,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
         instance.on_init_complete()
         app.state.instance = instance
         yield
+        routes_tasks.stop_background_tasks()
         shutdown = getattr(instance, "shutdown", None)
         if shutdown is not None:
             shutdown()
+        app.state.infer_pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
         title="OrthoFM (MONAI Label)",
@@ -92,8 +95,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
         max_body_size=settings.max_upload_bytes,
     )
     app.state.settings = settings
+    # Inference off the event loop: one thread per core; backbone forwards are batched across them.
+    app.state.infer_pool = ThreadPoolExecutor(max_workers=settings.infer_workers, thread_name_prefix="infer")
     install_error_handlers(app)
-    for module in (routes_core,):
+    for module in (routes_core, routes_infer, routes_datastore, routes_tasks):
         app.include_router(module.router)
     if settings.cors_origins:
         app.add_middleware(

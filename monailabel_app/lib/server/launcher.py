@@ -45,7 +45,6 @@ def _is_remote(studies: str) -> bool:
 def prepare_environment(spec: LaunchSpec, settings: ServerSettings) -> dict[str, str]:
     """The MONAI Label environment (also inherited by background train/scoring subprocesses)."""
     conf = dict(spec.conf)
-    conf.setdefault("server_mode", "true")
     env = {
         "MONAI_LABEL_APP_DIR": spec.app_dir,
         "MONAI_LABEL_STUDIES": spec.studies,
@@ -59,7 +58,8 @@ def prepare_environment(spec: LaunchSpec, settings: ServerSettings) -> dict[str,
         "MONAI_LABEL_AUTO_UPDATE_SCORING": "false",
         "MONAI_LABEL_SESSIONS": "false",
         "MONAI_LABEL_AUTH_ENABLE": "false",
-        "MONAI_LABEL_RELOAD_APP_LIB": "false",  # keep one copy of lib.* (the server layer imports it first)  # our bearer-token middleware guards every route instead
+        "MONAI_LABEL_RELOAD_APP_LIB": "false",
+        "ORTHOFM_SERVER_PID": str(os.getpid()),  # subprocesses see another pid: read-only datastore  # keep one copy of lib.* (the server layer imports it first)  # our bearer-token middleware guards every route instead
         "MONAI_LABEL_DICOMWEB_SEARCH_FILTER": os.environ.get(
             "MONAI_LABEL_DICOMWEB_SEARCH_FILTER", json.dumps(DICOMWEB_FILTER)
         ),

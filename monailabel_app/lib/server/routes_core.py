@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
 
@@ -32,7 +33,8 @@ async def auth_status(request: Request) -> dict:
 
 
 @router.post("/auth/token")
-async def auth_token(request: Request, username: str = Form(""), password: str = Form("")) -> dict:
+async def auth_token(request: Request, username: Annotated[str, Form()] = "",
+                     password: Annotated[str, Form()] = "") -> dict:
     """Password login for MONAI Label's Slicer plugin: the password is the API token; any user name."""
     token = request.app.state.settings.token
     if not token or not hmac.compare_digest(password.encode(), token.encode()):
