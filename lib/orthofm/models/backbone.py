@@ -8,6 +8,7 @@ depend only on this surface, so importing a new family never touches them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -49,6 +50,9 @@ class BackboneConfig:
     drop_path_rate: float = 0.0
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     mae_decoder: MAEDecoderConfig | None = None
+    # Constructor overrides for non-standard sizes (timm kwargs such as embed_dim/depth/num_heads, or the
+    # Hugging Face config of imported HF models); JSON-serialisable so model cards can store them.
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -65,6 +69,7 @@ class BackboneConfig:
             drop_path_rate=float(d.get("drop_path_rate", 0.0)),
             preprocess=PreprocessConfig.from_dict(d.get("preprocess", {"mean": IMAGENET_MEAN, "std": IMAGENET_STD})),
             mae_decoder=None if dec is None else MAEDecoderConfig(**dec),
+            model_kwargs=dict(d.get("model_kwargs") or {}),
         )
 
 
@@ -90,6 +95,16 @@ class Backbone(nn.Module):
     def mae_reconstruct(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError(f"{type(self).__name__} ({self.arch}) has no MAE decoder")
 
+    def forward_intermediates(
+        self, x: torch.Tensor, layers: int | Sequence[int] = 1
+    ) -> list[dict[str, torch.Tensor]]:
+        """Outputs of several blocks, final norm applied, each as a ``forward_features``-style dict.
+
+        ``layers``: an int n takes the last n blocks; a sequence takes those block indices (negative
+        counts from the end). The last block's entry equals ``forward_features(x)``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward_intermediates")
+
 
 class EvaBackbone(Backbone):
     """timm ``Eva`` trunks: the DINOv3 family (axial RoPE, 4 registers), any multiple-of-16 input size."""
@@ -100,7 +115,7 @@ class EvaBackbone(Backbone):
         self.arch = config.arch
         self.model = model if model is not None else timm.create_model(
             config.arch, pretrained=False, num_classes=0, global_pool="token",
-            img_size=config.img_size, drop_path_rate=config.drop_path_rate,
+            img_size=config.img_size, drop_path_rate=config.drop_path_rate, **config.model_kwargs,
         )
         self.embed_dim = int(self.model.embed_dim)
         self.patch_size = int(self.model.patch_embed.patch_size[0])
@@ -115,12 +130,21 @@ class EvaBackbone(Backbone):
         self.in_chans = in_chans
 
     # -- tokens -------------------------------------------------------------------------------
-    def _tokens(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Run the trunk; ``keep`` (B, N_keep) selects visible patches (MAE) and their RoPE angles."""
+    def _tokens(
+        self,
+        x: torch.Tensor,
+        keep: torch.Tensor | None = None,
+        patch_mask: torch.Tensor | None = None,
+        mask_token: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Run the trunk; ``keep`` (B, N_keep) selects visible patches (MAE) and their RoPE angles;
+        ``patch_mask`` (B, L) bool replaces those patch embeddings by ``mask_token`` (iBOT)."""
         m = self.model
         x = m.patch_embed(x)  # (B, h, w, D) with dynamic_img_size
         b, h, w, d = x.shape
         x = x.reshape(b, h * w, d)
+        if patch_mask is not None and mask_token is not None:
+            x = torch.where(patch_mask.unsqueeze(-1), mask_token.to(x.dtype).expand(b, h * w, d), x)
         rope = m.rope.get_embed(shape=(h, w)) if m.rope is not None else None  # (N, dim)
         if keep is not None:
             x = torch.gather(x, 1, keep.unsqueeze(-1).expand(-1, -1, d))
@@ -166,6 +190,15 @@ class EvaBackbone(Backbone):
         pred, mask, _ = self.mae_forward(x, ratio, noise)
         return pred, mask
 
+    def forward_intermediates(
+        self, x: torch.Tensor, layers: int | Sequence[int] = 1
+    ) -> list[dict[str, torch.Tensor]]:
+        outs = self.model.forward_intermediates(
+            x, indices=layers if isinstance(layers, int) else list(layers), return_prefix_tokens=True,
+            norm=True, output_fmt="NCHW", intermediates_only=True,
+        )
+        return [{"cls": pre[:, 0], "registers": pre[:, 1:], "patches": sp.permute(0, 2, 3, 1)} for sp, pre in outs]
+
 
 def create_backbone(
     arch: str = "vit_small_patch16_dinov3_qkvb",
@@ -184,10 +217,16 @@ def create_backbone(
 
 
 def backbone_from_config(config: BackboneConfig) -> Backbone:
-    """Dispatch on the architecture family (only timm Eva/DINOv3 here; importers add others)."""
-    if "dinov3" in config.arch or config.arch.startswith("eva"):
+    """Dispatch on the architecture family: timm Eva/DINOv3 here, imported families in their modules."""
+    if "dinov3" in config.arch and not config.arch.startswith("hf_") or config.arch.startswith("eva"):
         return EvaBackbone(config)
+    from .families import build_imported  # imported families build on this module: import lazily
+
+    built = build_imported(config)
+    if built is not None:
+        return built
     raise ValueError(
         f"unsupported architecture {config.arch!r}: expected a timm DINOv3-family ViT "
-        "such as 'vit_small_patch16_dinov3_qkvb'"
+        "such as 'vit_small_patch16_dinov3_qkvb', a timm DINOv2 ViT such as 'vit_base_patch14_dinov2' "
+        "or an imported Hugging Face family (hf_vit_mae, hf_dinov2, hf_dinov2_with_registers, hf_dinov3_vit)"
     )

@@ -1,0 +1,45 @@
+"""DINO self-distillation loss on the CLS token (Caron et al. 2021), written for OrthoFM.
+
+Teacher outputs are centred (EMA of the batch mean) and sharpened with a low temperature; the student
+is trained to match them across views. The centre is all-reduced under DDP so every rank agrees.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+class DINOLoss(nn.Module):
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
+        super().__init__()
+        self.student_temp = student_temp
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(1, out_dim))
+
+    def forward(
+        self, student_out: list[torch.Tensor], teacher_out: list[torch.Tensor], teacher_temp: float
+    ) -> torch.Tensor:
+        """``student_out``: logits per crop (all crops); ``teacher_out``: logits per global crop."""
+        teacher_probs = [F.softmax((t.float() - self.center) / teacher_temp, dim=-1).detach() for t in teacher_out]
+        total, pairs = 0.0, 0
+        for ti, tp in enumerate(teacher_probs):
+            for si, s in enumerate(student_out):
+                if si == ti:  # the same view seen by both networks teaches nothing
+                    continue
+                total = total + torch.sum(-tp * F.log_softmax(s.float() / self.student_temp, dim=-1), dim=-1).mean()
+                pairs += 1
+        self.update_center(torch.cat(teacher_out))
+        return total / max(pairs, 1)
+
+    @torch.no_grad()
+    def update_center(self, teacher_logits: torch.Tensor) -> None:
+        batch_center = teacher_logits.float().sum(dim=0, keepdim=True)
+        count = torch.tensor([teacher_logits.shape[0]], dtype=torch.float32, device=teacher_logits.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(batch_center)
+            dist.all_reduce(count)
+        batch_center = batch_center / count
+        self.center.mul_(self.center_momentum).add_(batch_center * (1 - self.center_momentum))

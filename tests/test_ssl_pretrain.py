@@ -1,0 +1,125 @@
+"""Pretraining: losses, exact resume after SIGKILL, and 2-process DDP on CPU (real knee radiographs)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from orthofm.ssl.losses import DINOLoss, KoLeoLoss, mae_loss
+
+TINY = [
+    "arch=vit_tiny_patch16_dinov3_qkvb", "batch_size=4", "epochs=2", "log_every_steps=1",
+    "resolution_schedule=[[0,64]]", "decoder.dim=32", "decoder.depth=1", "decoder.num_heads=2",
+    "dino.global_size=64", "dino.local_size=32", "dino.local_crops=2", "dino.out_dim=128", "dino.hidden_dim=64",
+    "dino.bottleneck_dim=32", "max_side=96", "warmup_epochs=0.5", "base_lr=0.01",
+]
+
+
+def _few_images(shared_data: Path, tmp_path: Path, n: int = 12) -> Path:
+    """A small folder of real radiographs (symlinks into ../shared, never copies in the repo)."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    files = sorted((shared_data / "knee_kl" / "val" / "0").glob("*.png"))[:n]
+    for f in files:
+        (folder / f.name).symlink_to(f)
+    return folder
+
+
+def _cli(data: Path, out: Path, objective: str, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "orthofm.cli", "pretrain", "--data", str(data), "--out", str(out),
+            "--objective", objective, "--set", *TINY, *extra]
+
+
+def _losses(run: Path) -> dict[int, float]:
+    with open(run / "metrics.csv", newline="") as fh:
+        return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(fh)}
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "ORTHOFM_NUM_THREADS": "1"}
+
+
+def test_mae_loss_ignores_visible_patches() -> None:
+    pred = torch.zeros(1, 4, 3)
+    target = torch.tensor([[[1.0] * 3, [2.0] * 3, [100.0] * 3, [100.0] * 3]])
+    mask = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    assert mae_loss(pred, target, mask).item() == pytest.approx((1 + 4) / 2)
+
+
+def test_dino_loss_matches_cross_entropy_by_hand() -> None:
+    torch.manual_seed(0)
+    loss = DINOLoss(out_dim=5, student_temp=0.1)
+    s = [torch.randn(3, 5) for _ in range(3)]
+    t = [torch.randn(3, 5) for _ in range(2)]
+    value = loss(s, t, teacher_temp=0.04)
+    expected, pairs = 0.0, 0
+    for ti in range(2):
+        tp = torch.softmax(t[ti] / 0.04, dim=-1)
+        for si in range(3):
+            if si != ti:
+                expected += (-(tp * torch.log_softmax(s[si] / 0.1, dim=-1)).sum(-1)).mean()
+                pairs += 1
+    assert value.item() == pytest.approx((expected / pairs).item(), rel=1e-5)
+    assert torch.allclose(loss.center, 0.1 * torch.cat(t).mean(0, keepdim=True), atol=1e-6)
+
+
+def test_koleo_penalises_close_pairs() -> None:
+    spread = torch.eye(4)
+    close = torch.tensor([[1.0, 0, 0, 0], [1.0, 0.01, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
+    assert KoLeoLoss()(close) > KoLeoLoss()(spread)
+
+
+@pytest.mark.timeout(300)
+def test_resume_after_sigkill_follows_same_loss_trajectory(shared_data: Path, tmp_path: Path) -> None:
+    data = _few_images(shared_data, tmp_path)
+    extra = ["checkpoint_every_steps=2"]
+    reference = tmp_path / "reference"
+    subprocess.run(_cli(data, reference, "mae+dino", extra), check=True, env=_env(), capture_output=True)
+    expected = _losses(reference)
+    assert len(expected) == 6  # 12 images / batch 4 = 3 steps per epoch, 2 epochs
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(data, run, "mae+dino", extra), env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        ckpt = run / "checkpoint.pt"
+        if ckpt.exists() and torch.load(ckpt, weights_only=True)["step"] >= 2:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(run / "checkpoint.pt", weights_only=True)["step"]
+    assert 2 <= killed_at < 6, "the kill should land mid-run"
+    subprocess.run(_cli(data, run, "mae+dino", extra), check=True, env=_env(), capture_output=True)
+    resumed = _losses(run)
+    assert sorted(resumed) == sorted(expected)
+    for step, value in expected.items():
+        assert resumed[step] == pytest.approx(value, rel=1e-5, abs=1e-6), f"step {step} diverged after resume"
+    assert (run / "loss_curve.png").stat().st_size > 0
+
+
+@pytest.mark.timeout(120)
+def test_two_process_ddp_keeps_ranks_identical(shared_data: Path, tmp_path: Path) -> None:
+    data = _few_images(shared_data, tmp_path, n=16)
+    script = Path(__file__).parent / "helpers" / "ddp_pretrain_check.py"
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+           str(script), str(data), str(out), "mae+dino", *TINY, "max_steps=3", "checkpoint_every_steps=3"]
+    done = subprocess.run(cmd, check=False, env=_env(), capture_output=True, text=True, timeout=110)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
+    result = json.loads(line[len("RESULT "):])
+    assert result["world"] == 2
+    (d0, s0), (d1, s1) = result["digests"]
+    assert s0 == s1 == 3
+    assert d0 == d1, "ranks diverged: DDP did not synchronise gradients"
