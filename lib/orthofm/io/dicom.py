@@ -14,9 +14,10 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.pixel_data_handlers import gdcm_handler
 from pydicom.pixel_data_handlers.util import apply_color_lut, convert_color_space
 
-from .codecs import NATIVE, ensure_decodable
+from .codecs import JPEG_BASELINE, NATIVE, ensure_decodable
 from .display import to_display
 from .errors import DEFAULT_MAX_PIXELS, ImageReadError, SpacingUnknownWarning, check_dims, check_finite
 from .geometry import direction_2d_from_iop
@@ -108,12 +109,45 @@ def pixel_spacing_2d(ds: Dataset) -> tuple[tuple[float, float] | None, str | Non
     return None, None
 
 
+#: SOP classes for which ITK/GDCM (hence 3D Slicer and MONAI's ITKReader) take the spacing from
+#: Imager Pixel Spacing and ignore Pixel Spacing (checked against SimpleITK in tests/test_io_write.py).
+_IMAGER_SPACING_SOP_PREFIXES = (
+    "1.2.840.10008.5.1.4.1.1.1.",  # DX, MG, IO (1.1.1.x, 1.1.2.x, 1.1.3.x); CR is 1.1 exactly
+    "1.2.840.10008.5.1.4.1.1.12.",  # XA, RF, bi-plane
+)
+
+
+def viewer_spacing(ds: Dataset) -> tuple[float, float]:
+    """The (row, col) spacing ITK/GDCM assign on load (1.0 when absent): the grid 3D Slicer displays.
+
+    Results are written on this grid so they overlay the image a viewer loaded from the same file,
+    even where it differs from the DICOM-calibrated ``record.spacing``.
+    """
+    sop = str(ds.get("SOPClassUID", ""))
+    xray = sop == "1.2.840.10008.5.1.4.1.1.1" or sop.startswith(_IMAGER_SPACING_SOP_PREFIXES)
+    value = ds.get("ImagerPixelSpacing") if xray else ds.get("PixelSpacing")
+    try:
+        return float(value[0]), float(value[1])
+    except (TypeError, ValueError, IndexError):
+        return 1.0, 1.0
+
+
 def decode(ds: Dataset, source: object) -> np.ndarray:
     try:
         arr = ds.pixel_array
     except Exception as exc:
         raise ImageReadError(f"{source}: pixel data could not be decoded ({type(exc).__name__}: {exc})") from exc
     return np.asarray(arr)
+
+
+def ybr_left_by_decoder(ts: str) -> bool:
+    """pydicom 2.4 returns YCbCr for YBR_FULL(_422) from native, RLE and Pillow-decoded JPEG data;
+    GDCM (first in pydicom's handler order when installed) converts JPEG to RGB itself."""
+    if ts in NATIVE:
+        return True
+    if ts in JPEG_BASELINE:
+        return not gdcm_handler.is_available()
+    return False
 
 
 def to_grey(arr: np.ndarray, ds: Dataset, frames: int) -> tuple[np.ndarray, bool]:
@@ -124,7 +158,7 @@ def to_grey(arr: np.ndarray, ds: Dataset, frames: int) -> tuple[np.ndarray, bool
     elif int(ds.get("SamplesPerPixel", 1)) == 1:
         return arr, False
     ts = str(ds.file_meta.TransferSyntaxUID) if hasattr(ds, "file_meta") else ""
-    if photometric in ("YBR_FULL", "YBR_FULL_422") and ts in NATIVE:
+    if photometric in ("YBR_FULL", "YBR_FULL_422") and ybr_left_by_decoder(ts):
         arr = convert_color_space(arr, photometric, "RGB")
     arr = arr.astype(np.float32)
     if np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2]):
@@ -174,7 +208,11 @@ def read_dicom_file(
         arr = arr[0]
 
     spacing2d, spacing_source = pixel_spacing_2d(ds)
-    meta = describe(ds) | info | {"spacing_source": spacing_source, "frames": frames}
+    meta = describe(ds) | info | {
+        "spacing_source": spacing_source,
+        "frames": frames,
+        "source_spacing": viewer_spacing(ds),
+    }
     if spacing2d is None:
         warnings.warn(
             f"{source}: no PixelSpacing/ImagerPixelSpacing: spacing is unknown (record.spacing=None); "

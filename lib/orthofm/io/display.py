@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi
+from pydicom.pixel_data_handlers.util import apply_modality_lut
 
 from .errors import ImageReadError
 
@@ -133,16 +133,28 @@ def modality_range(ds: Dataset) -> tuple[float, float]:
     return float(mapped.min()), float(mapped.max())
 
 
+def apply_lut_item(x: np.ndarray, item: Dataset, signed: bool = False) -> np.ndarray:
+    """PS3.3 C.11.2.1.1 VOI LUT: values below the first mapped entry take the first LUT value, above
+    the last the last one; the LUT's own output range is mapped to [0, 1]."""
+    descriptor = [int(v) for v in item.LUTDescriptor]
+    n_entries = descriptor[0] or 65536
+    first = descriptor[1]
+    if signed and first >= 32768:
+        first -= 65536  # first mapped value read as US although the input values are signed
+    data = item.LUTData
+    lut = np.asarray(data if hasattr(data, "__len__") else [data], dtype=np.float32)[:n_entries]
+    lo, hi = float(lut.min()), float(lut.max())
+    if hi <= lo:
+        raise ImageReadError("VOI LUT sequence is constant; cannot display the image")
+    index = np.clip(np.rint(np.asarray(x, dtype=np.float64)) - first, 0, len(lut) - 1).astype(np.int64)
+    return (lut[index] - lo) / (hi - lo)
+
+
 def voi_values(x: np.ndarray, ds: Dataset) -> tuple[np.ndarray, str | None]:
     """VOI LUT sequence (preferred, as pydicom does) or window, to [0, 1]; (x, None) when neither."""
     if "VOILUTSequence" in ds:
-        item = ds.VOILUTSequence[0]
-        lut = np.asarray(item.LUTData if hasattr(item.LUTData, "__len__") else [item.LUTData], dtype=float)
-        out = np.asarray(apply_voi(x, ds, index=0), dtype=np.float32)
-        lo, hi = float(lut.min()), float(lut.max())
-        if hi <= lo:
-            raise ImageReadError("VOI LUT sequence is constant; cannot display the image")
-        return (out - lo) / (hi - lo), "VOILUTSequence"
+        signed = int(ds.get("PixelRepresentation", 0)) == 1 or float(np.min(x)) < 0
+        return apply_lut_item(x, ds.VOILUTSequence[0], signed), "VOILUTSequence"
     window = find_window(ds)
     if window is None:
         return x, None

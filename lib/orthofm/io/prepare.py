@@ -9,6 +9,7 @@ so a heatmap lands on the pixel it was computed for (sub-pixel error, tested).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,12 +64,20 @@ class LetterboxGeometry:
     pad: tuple[int, int]
 
     @classmethod
-    def fit(cls, shape: tuple[int, int], size: int | tuple[int, int]) -> LetterboxGeometry:
+    def fit(
+        cls, shape: tuple[int, int], size: int | tuple[int, int], spacing: tuple[float, float] | None = None
+    ) -> LetterboxGeometry:
+        """Largest placement of an (H, W) image on the canvas preserving its aspect ratio.
+
+        With ``spacing`` (mm per row, per column) the *physical* aspect is preserved, so anisotropic
+        pixels (reformatted MRI planes) come out with square model pixels.
+        """
         h, w = int(shape[0]), int(shape[1])
         sh, sw = _as_size(size)
-        scale = min(sh / h, sw / w)
-        rh = min(sh, max(1, round(h * scale)))
-        rw = min(sw, max(1, round(w * scale)))
+        ph, pw = (float(h), float(w)) if spacing is None else (h * float(spacing[0]), w * float(spacing[1]))
+        scale = min(sh / ph, sw / pw)
+        rh = min(sh, max(1, round(ph * scale)))
+        rw = min(sw, max(1, round(pw * scale)))
         return cls((h, w), (sh, sw), (rh, rw), ((sh - rh) // 2, (sw - rw) // 2))
 
     @property
@@ -159,34 +168,70 @@ class PreparedImage:
         return self.geometry.to_original(points_rc)
 
 
+def _normalise(canvas: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(C, S, S) canvas in [0, 1] -> normalised tensor with len(mean) channels (grey is repeated)."""
+    n = len(mean)
+    t = torch.from_numpy(canvas)
+    if t.shape[0] == 1 and n != 1:
+        t = t.expand(n, *t.shape[1:])
+    elif t.shape[0] != n:
+        raise ValueError(f"{t.shape[0]} image channels but {n} normalisation channels")
+    m = torch.tensor(tuple(mean), dtype=torch.float32)[:, None, None]
+    s = torch.tensor(tuple(std), dtype=torch.float32)[:, None, None]
+    return ((t - m) / s).contiguous()
+
+
+def letterbox(
+    planes: np.ndarray, geometry: LetterboxGeometry, pad_value: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(C, H, W) planes in [0, 1] -> ((C, S_h, S_w) canvas, (S_h, S_w) image mask)."""
+    sh, sw = geometry.canvas_shape
+    top, left = geometry.pad
+    rh, rw = geometry.resized_shape
+    canvas = np.full((planes.shape[0], sh, sw), pad_value, dtype=np.float32)
+    for c, plane in enumerate(planes):
+        canvas[c, top : top + rh, left : left + rw] = np.clip(resize_2d(plane, geometry.resized_shape), 0, 1)
+    mask = np.zeros((sh, sw), dtype=bool)
+    mask[top : top + rh, left : left + rw] = True
+    return canvas, mask
+
+
+def prepare_stack(
+    planes: np.ndarray,
+    size: int | tuple[int, int] = 224,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    *,
+    value_range: tuple[float, float],
+    spacing: tuple[float, float] | None = None,
+    pad_value: float = 0.0,
+) -> PreparedImage:
+    """Like :func:`prepare_2d` for (C, H, W) planes sharing one grid (2.5D MRI stacks, C = 1 or 3)."""
+    p = np.asarray(planes)
+    if p.ndim != 3:
+        raise ValueError(f"prepare_stack needs (C, H, W) planes, got shape {p.shape}")
+    geometry = LetterboxGeometry.fit(p.shape[1:], size, spacing)
+    canvas, mask = letterbox(robust_scale(p, value_range=value_range), geometry, pad_value)
+    return PreparedImage(_normalise(canvas, mean, std), geometry, value_range, mask)
+
+
 def prepare_2d(
     array2d: np.ndarray,
     size: int | tuple[int, int] = 224,
-    mean: tuple[float, float, float] = IMAGENET_MEAN,
-    std: tuple[float, float, float] = IMAGENET_STD,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
     value_range: tuple[float, float] | None = None,
     pad_value: float = 0.0,
+    spacing: tuple[float, float] | None = None,
 ) -> PreparedImage:
     """Robust-scale, letterbox and normalise a (H, W) image for a ViT; keeps the inverse mapping.
 
-    ``pad_value`` is in scaled [0, 1] units (0 = black, as film borders look after scaling).
+    ``pad_value`` is in scaled [0, 1] units (0 = black). ``spacing`` (row, col mm) makes the
+    letterbox preserve the physical aspect of non-square pixels; None treats pixels as square.
     """
     a = np.asarray(array2d)
     if a.ndim != 2:
         raise ValueError(f"prepare_2d needs a (H, W) array, got shape {a.shape}")
     lo_hi = value_range if value_range is not None else robust_range(a, percentiles)
-    scaled = robust_scale(a, value_range=lo_hi)
-    geometry = LetterboxGeometry.fit(a.shape, size)
-    resized = resize_2d(scaled, geometry.resized_shape)
-    sh, sw = geometry.canvas_shape
-    canvas = np.full((sh, sw), pad_value, dtype=np.float32)
-    top, left = geometry.pad
-    rh, rw = geometry.resized_shape
-    canvas[top : top + rh, left : left + rw] = np.clip(resized, 0.0, 1.0)
-    mask = np.zeros((sh, sw), dtype=bool)
-    mask[top : top + rh, left : left + rw] = True
-    m = torch.tensor(mean, dtype=torch.float32)[:, None, None]
-    s = torch.tensor(std, dtype=torch.float32)[:, None, None]
-    tensor = (torch.from_numpy(canvas)[None].expand(3, sh, sw) - m) / s
-    return PreparedImage(tensor=tensor.contiguous(), geometry=geometry, value_range=lo_hi, mask=mask)
+    return prepare_stack(a[None], size, mean, std, value_range=lo_hi, spacing=spacing, pad_value=pad_value)

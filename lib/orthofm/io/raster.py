@@ -81,7 +81,10 @@ def _read_with_itk(path: Path) -> np.ndarray:
     """16-bit colour PNG/TIFF (which PIL silently reduces to 8 bits): decode with ITK instead."""
     import itk
 
-    arr = np.asarray(itk.array_from_image(itk.imread(str(path))))
+    # explicit vector pixel type: itk.imread's automatic RGB<unsigned short> choice is not wrapped
+    reader = itk.ImageFileReader[itk.VectorImage[itk.F, 2]].New(FileName=str(path))
+    reader.Update()
+    arr = np.asarray(itk.array_from_image(reader.GetOutput()))
     return _luminance(arr) if arr.ndim == 3 else arr.astype(np.float32)
 
 
