@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 import lib.configs
+from lib.embeddings import BackgroundEmbedder
 from lib.runtime import AppSettings, ModelRuntime
 from lib.server.config import ServerSettings
 from monailabel.interfaces.app import MONAILabelApp
@@ -42,6 +43,9 @@ class OrthoFMApp(MONAILabelApp):
         self.server_settings = ServerSettings.from_conf(conf)
         self.app_settings = AppSettings.from_conf(conf, app_dir)
         self.runtime = ModelRuntime(self.app_settings, self.server_settings)
+        if self.app_settings.embed_on_ingest:
+            self.runtime.embedder = BackgroundEmbedder(self.runtime)
+            self.runtime.add_ready_hook(self.runtime.embedder)
         available = discover_configs()
         self.task_configs: dict[str, TaskConfig] = {}
         for name in self.app_settings.select_models(available):
@@ -64,12 +68,16 @@ class OrthoFMApp(MONAILabelApp):
     def init_datastore(self) -> Datastore:
         from lib.server.datastore import init_datastore
 
-        return init_datastore(self.studies, self.server_settings)
+        ds = init_datastore(self.studies, self.server_settings)
+        self.runtime.attach_datastore(ds)
+        return ds
 
     def _init_dicomweb_datastore(self) -> Datastore:
         from lib.server.datastore import init_dicomweb_datastore
 
-        return init_dicomweb_datastore(self.studies)
+        ds = init_dicomweb_datastore(self.studies)
+        self.runtime.attach_datastore(ds)
+        return ds
 
     def init_infers(self) -> dict[str, InferTask]:
         infers: dict[str, InferTask] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ log = logging.getLogger("orthofm.runtime")
 DEFAULT_ARCH = "vit_small_patch16_dinov3_qkvb"
 DEFAULT_WEIGHTS_DIR = "orthofm_vits16"
 DEFAULT_SEGMENTS = {"bone": 1, "cartilage": 2}
+RANDOM_INIT_WARNING = ("no trained weights found: the backbone is RANDOMLY INITIALISED, results are not "
+                       "meaningful (pass --conf weights PATH)")
 DEFAULT_COLORS = {"bone": (0.95, 0.84, 0.57), "cartilage": (0.30, 0.69, 0.29)}
 
 
@@ -105,17 +108,25 @@ class AppSettings:
 
 
 class ModelRuntime:
-    """Owns the backbone (loaded once, lazily) and the batcher every task's forward goes through."""
+    """Owns the backbone (loaded once, lazily), the batcher every forward goes through, the embedding index,
+    and the published heads / normal banks (reloaded when a training publishes a new version)."""
 
     def __init__(self, settings: AppSettings, server: ServerSettings) -> None:
         self.settings = settings
         self.server = server
         self._backbone: Any = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._batcher: FeatureBatcher | None = None
         self._card: dict[str, Any] = {}
-        self._note = ""
         self._hooks: list[Any] = []
+        self._sidecar: Path | None = None
+        self._store: Any = None
+        self._index: Any = None
+        self._heads: dict[str, tuple[Any, Any]] = {}
+        self._engines: dict[tuple, Any] = {}
+        self.embedder: Any = None
+        self.datastore: Any = None
+        self._objects: dict[Any, Any] = {}
         torch.set_num_threads(server.threads)
 
     # -- identity ------------------------------------------------------------------------------
@@ -127,29 +138,29 @@ class ModelRuntime:
     def version(self) -> str:
         return str(self._card.get("version", "0.1.0"))
 
-    @property
-    def model_id(self) -> str:
-        """Identifies the weights (keys the embedding store); random init is marked as such."""
-        if self.random_init:
-            return f"{self.settings.arch}-random-init"
-        return f"{self.settings.arch}-{self.settings.weights.name}"
-
     def describe(self) -> dict[str, Any]:
         d = {
             "backbone": self.settings.arch,
-            "weights": str(self.settings.weights) if self.settings.weights else None,
+            "weights": self.settings.weights.name if self.settings.weights else None,
             "random_init": self.random_init,
             "device": self.settings.device,
             "loaded": self._backbone is not None,
             "batching": self._batcher.stats.as_dict() if self._batcher else None,
+            "embeddings": {"indexed": len(self._index) if self._index is not None else 0,
+                           **(self.embedder.status() if self.embedder is not None else {})},
             "server": self.server.public_dict(),
         }
         if self.random_init:
-            d["warning"] = ("no trained weights found: the backbone is RANDOMLY INITIALISED, results are not "
-                            "meaningful (pass --conf weights PATH)")
-        if self._note:
-            d["note"] = self._note
+            d["warning"] = RANDOM_INIT_WARNING
         return d
+
+    def result_meta(self) -> dict[str, Any]:
+        """Stamped on every result, so a number is never shown without what produced it."""
+        meta = {"backbone": self.settings.arch, "weights": self.settings.weights.name if self.settings.weights
+                else None, "random_init": self.random_init}
+        if self.random_init:
+            meta["warning"] = RANDOM_INIT_WARNING
+        return meta
 
     # -- the backbone --------------------------------------------------------------------------
     @property
@@ -164,7 +175,11 @@ class ModelRuntime:
         from orthofm import models
 
         if self.settings.weights is None:
-            bb = models.create_backbone(self.settings.arch)
+            # seeded: the server, its train/scoring subprocesses and a restart must build the SAME random
+            # weights, or heads and cached embeddings would not match the features they are used with
+            with torch.random.fork_rng():
+                torch.manual_seed(0)
+                bb = models.create_backbone(self.settings.arch)
             log.warning("backbone %s is randomly initialised (no weights)", self.settings.arch)
         else:
             bb = models.load_backbone(str(self.settings.weights))
@@ -172,7 +187,7 @@ class ModelRuntime:
             if card_path.is_file():
                 self._card = json.loads(card_path.read_text())
             self.settings.arch = getattr(bb, "arch", self.settings.arch)
-            log.info("backbone %s loaded from %s", self.settings.arch, self.settings.weights)
+            log.info("backbone %s loaded from %s", self.settings.arch, self.settings.weights.name)
         bb.eval().requires_grad_(False)
         return bb.to(self.settings.device)
 
@@ -187,8 +202,140 @@ class ModelRuntime:
         return self._batcher(x)
 
     def _forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        from orthofm.heads.runtime import autocast, inference_dtype
+
         bb = self.backbone
-        return bb.forward_features(x.to(self.settings.device))
+        with autocast(inference_dtype()):
+            out = bb.forward_features(x.to(self.settings.device))
+        return {k: v.float() for k, v in out.items()}
+
+    def read(self, path: str | Path) -> Any:
+        """``orthofm.io.read_image`` with the server's size limit (ImageReadError on bad input)."""
+        import warnings
+
+        from orthofm.io import SpacingUnknownWarning, read_image
+
+        limit = max(self.server.max_pixels_2d, self.server.max_voxels_3d)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SpacingUnknownWarning)
+            return read_image(str(path), max_pixels=limit)
+
+    # -- per-project sidecar: embeddings, trained heads, normal banks -----------------------------
+    def cached(self, key: Any, factory: Any) -> Any:
+        """A small keyed cache for loaded artefacts (decoders); the newest 8 are kept."""
+        with self._lock:
+            if key not in self._objects:
+                self._objects[key] = factory()
+                while len(self._objects) > 8:
+                    self._objects.pop(next(iter(self._objects)))
+            return self._objects[key]
+
+    def attach_datastore(self, datastore: Any) -> None:
+        self.datastore = datastore
+        root = getattr(datastore, "sidecar_path", None)
+        self._sidecar = Path(root) if root else Path(self.settings.model_dir) / ".sidecar"
+        self._sidecar.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def sidecar(self) -> Path:
+        if self._sidecar is None:
+            raise RuntimeError("no datastore attached to the model runtime")
+        return self._sidecar
+
+    @property
+    def embedding_store(self) -> Any:
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    from lib.embeddings import SharedBackboneView
+                    from orthofm.heads import EmbeddingStore
+
+                    self._store = EmbeddingStore(self.sidecar / "embeddings", SharedBackboneView(self),
+                                                 batch_size=8, progress=False)
+        return self._store
+
+    @property
+    def embedding_index(self) -> Any:
+        if self._index is None:
+            with self._lock:
+                if self._index is None:
+                    from lib.embeddings import EmbeddingIndex
+
+                    self._index = EmbeddingIndex(self.embedding_store, self.sidecar / "embeddings")
+        return self._index
+
+    def sync_embeddings(self, datastore: Any, compute: bool = False, budget: int | None = None,
+                        stop: Any = None) -> int:
+        """Index every datastore image that has a cached vector; embed up to ``budget`` missing ones."""
+        ids = list(datastore.list_images())
+        items = {}
+        for i in ids:
+            if self._index is not None and self._index.has(i) and not compute:
+                continue
+            uri = _local_uri(datastore, i)
+            if uri:
+                items[i] = uri
+        index = self.embedding_index
+        n = index.sync(items, compute=compute, budget=budget, stop=stop)
+        index.forget_missing(set(ids))
+        index.save_map()
+        return n
+
+    def heads_root(self) -> Path:
+        return self.sidecar / "heads"
+
+    def banks_root(self) -> Path:
+        return self.sidecar / "banks"
+
+    def _shipped(self, kind: str, name: str) -> Path | None:
+        w = self.settings.weights
+        if w is None or not w.is_dir():
+            return None
+        path = w / kind / name
+        return path if path.is_dir() else None
+
+    def head_folder(self, task: str) -> Path | None:
+        """The head to serve: this project's latest published one, else the one shipped with the weights."""
+        from lib.publish import current
+
+        return current(self.heads_root() / task) or self._shipped("heads", task)
+
+    def head(self, task: str) -> Any | None:
+        """The trained head for ``task`` (``orthofm.heads.TrainedHead``), reloaded when a new one is published."""
+        folder = self.head_folder(task)
+        if folder is None:
+            return None
+        card = folder / "card.json"
+        stamp = (str(folder), card.stat().st_mtime_ns if card.exists() else 0)
+        cached = self._heads.get(task)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        from orthofm.heads import load_head
+
+        head = load_head(folder)
+        self._heads[task] = (stamp, head)
+        log.info("serving %s head %s", task, folder.name)
+        return head
+
+    def bank_folder(self, anatomy: str) -> Path | None:
+        from lib.publish import current
+
+        return current(self.banks_root() / anatomy) or self._shipped("banks", anatomy)
+
+    def heatmap_engine(self, method: str, anatomy: str) -> Any:
+        """``orthofm.heatmaps.HeatmapEngine`` on the shared backbone; rebuilt when a new bank is published."""
+        from orthofm.heatmaps import HeatmapEngine, NormalBank
+
+        bank_dir = self.bank_folder(anatomy) if method in ("patchknn", "both", "auto") else None
+        if method == "auto":
+            method = "patchknn" if bank_dir is not None else "recon"
+        key = (method, str(bank_dir) if bank_dir else None)
+        engine = self._engines.get(key)
+        if engine is None:
+            bank = NormalBank.load(bank_dir) if bank_dir is not None else None
+            engine = HeatmapEngine(self.backbone, method, bank)
+            self._engines = {key: engine}  # one engine alive at a time
+        return engine
 
     # -- lifecycle -----------------------------------------------------------------------------
     def add_ready_hook(self, hook: Any) -> None:
@@ -212,3 +359,12 @@ class ModelRuntime:
                 stop()
         if self._batcher is not None:
             self._batcher.close()
+
+
+def _local_uri(datastore: Any, image_id: str) -> str | None:
+    """A local file/folder for the image without triggering a download (DICOMweb series not cached yet)."""
+    objects = getattr(getattr(datastore, "_datastore", None), "objects", None)
+    if objects is not None and image_id not in objects:
+        return None
+    uri = datastore.get_image_uri(image_id)
+    return uri if uri and os.path.exists(uri) else None

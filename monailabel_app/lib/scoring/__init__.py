@@ -6,6 +6,8 @@ from typing import Any
 
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
+from .embeddings import EmbeddingsScoring
+
 
 def build_scoring_methods(runtime: Any) -> dict[str, ScoringMethod]:
-    return {}
+    return {"embeddings": EmbeddingsScoring(runtime)}
