@@ -3,16 +3,20 @@ prepare them reversibly for the model, and write results Slicer overlays on the 
 
 Conventions (see docs/io.md): arrays (H, W) / (D, H, W); spacing per array axis in mm (None when
 unknown); origin/direction in LPS; ``direction[:, a]`` is the unit vector of array axis ``a``.
+The MONAI loader lives in :mod:`orthofm.io.monai_transforms` (imported on demand: MONAI is heavy).
 """
 
 from .dicom import read_dicom_file
 from .errors import DEFAULT_MAX_PIXELS, ImageReadError, SpacingUnknownWarning
-from .prepare import LetterboxGeometry, PreparedImage, prepare_2d, robust_range, robust_scale
+from .mri import PreparedVolume, prepare_volume_slices, slice_indices, stack_2p5d
+from .prepare import LetterboxGeometry, PreparedImage, prepare_2d, prepare_stack, robust_range, robust_scale
 from .raster import read_raster
 from .reader import read_image
 from .record import ImageRecord
 from .series import read_dicom_series
+from .tiles import TiledImage, prepare_tiles
 from .volumes import read_nifti, read_nrrd
+from .writers import write_like, write_seg_nrrd, write_volume
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -20,8 +24,13 @@ __all__ = [
     "ImageRecord",
     "LetterboxGeometry",
     "PreparedImage",
+    "PreparedVolume",
     "SpacingUnknownWarning",
+    "TiledImage",
     "prepare_2d",
+    "prepare_stack",
+    "prepare_tiles",
+    "prepare_volume_slices",
     "read_dicom_file",
     "read_dicom_series",
     "read_image",
@@ -30,4 +39,9 @@ __all__ = [
     "read_raster",
     "robust_range",
     "robust_scale",
+    "slice_indices",
+    "stack_2p5d",
+    "write_like",
+    "write_seg_nrrd",
+    "write_volume",
 ]
