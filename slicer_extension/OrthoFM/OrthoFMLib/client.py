@@ -1,0 +1,530 @@
+"""HTTP client for an OrthoFM (MONAI Label 0.8.5) server, standard library only.
+
+Why not MONAI Label's own client: it crashes on JSON-only (classification) replies, forces label
+results to uint8, parses replies with the removed ``cgi`` module and has no timeouts, cancellation or
+readable errors. This one speaks the same REST API (see docs/slicer.md) and adds those.
+
+Every call accepts ``cancel`` (a ``threading.Event``): it is checked between upload/download chunks,
+while waiting for the server to answer and between training polls, and raises ``OrthoFMCancelled``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import select
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .capabilities import ServerInfo, parse_server_info
+from .errors import (
+    OrthoFMAuthError,
+    OrthoFMCancelled,
+    OrthoFMConnectionError,
+    OrthoFMError,
+    OrthoFMFormatError,
+    OrthoFMTimeoutError,
+)
+from .multipart import FormField, FormFile, MultipartBody, header_param, parse_multipart
+
+#: progress(done_bytes, total_bytes or None)
+ProgressCallback = Callable[[int, "int | None"], None]
+
+_TERMINAL_TRAIN_STATES = ("DONE", "ERROR", "STOPPED")
+
+
+@dataclass
+class HttpResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "")
+
+    def json(self, what: str) -> Any:
+        try:
+            return json.loads(self.body.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise OrthoFMFormatError(f"The server's reply to {what} is not valid JSON "
+                                     f"({self.body[:120]!r}).") from exc
+
+
+@dataclass
+class InferResponse:
+    """One infer reply: its JSON (always) and its result file (heatmap / label map), if any."""
+
+    task: str
+    json: dict[str, Any]
+    file_data: bytes | None = None
+    file_name: str | None = None
+    file_content_type: str | None = None
+
+    @property
+    def has_file(self) -> bool:
+        return self.file_data is not None
+
+
+class OrthoFMClient:
+    """One server connection setting; every request opens its own short-lived HTTP connection.
+
+    ``timeout`` bounds connecting and every wait for data on ordinary calls; ``infer_timeout`` bounds
+    the wait for an inference reply (the server runs one inference at a time, so replies can queue).
+    """
+
+    def __init__(self, url: str, token: str | None = None, *, timeout: float = 30.0,
+                 infer_timeout: float = 300.0, client_id: str = "orthofm-slicer",
+                 chunk_size: int = 1 << 20, ssl_context: ssl.SSLContext | None = None) -> None:
+        parsed = urllib.parse.urlsplit(url.strip())
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise OrthoFMError(f"Server URL '{url}' is not valid; it should look like http://127.0.0.1:8000")
+        if timeout <= 0 or infer_timeout <= 0:
+            raise ValueError("Timeouts must be positive")
+        self.url = url.strip().rstrip("/")
+        self._scheme = parsed.scheme
+        self._host = parsed.hostname
+        self._port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        self._base_path = parsed.path.rstrip("/")
+        self.token = token.strip() if token else None
+        self.timeout = float(timeout)
+        self.infer_timeout = float(infer_timeout)
+        self.client_id = client_id
+        self.chunk_size = int(chunk_size)
+        self._ssl_context = ssl_context
+
+    # ================================================================================== app and tasks
+    def info(self, *, cancel: threading.Event | None = None) -> ServerInfo:
+        """``GET /info/``: name, tasks (models), trainers, strategies."""
+        payload = self._json("GET", "/info/", what="reading the server info (GET /info/)", cancel=cancel)
+        try:
+            return parse_server_info(payload)
+        except (TypeError, ValueError) as exc:
+            raise OrthoFMFormatError(f"{self.url} answered /info/ but not like a MONAI Label server: {exc}") from exc
+
+    def infer(self, task: str, *, image_id: str | None = None, file: str | os.PathLike | None = None,
+              file_data: bytes | None = None, file_name: str | None = None,
+              params: dict[str, Any] | None = None, cancel: threading.Event | None = None,
+              progress: ProgressCallback | None = None) -> InferResponse:
+        """``POST /infer/{task}`` on a datastore image (``image_id``) or an uploaded file.
+
+        Handles all three reply kinds: plain JSON (classification, embedding), multipart
+        ``params`` + ``image`` (heatmaps, label maps) and a bare file.
+        """
+        if (image_id is None) == (file is None and file_data is None):
+            raise ValueError("infer needs exactly one of image_id, file or file_data")
+        request_params = {"client_id": self.client_id}
+        request_params.update(params or {})
+        parts: list = [FormField("params", json.dumps(request_params))]
+        if file is not None:
+            parts.append(FormFile("file", filename=file_name or Path(file).name, path=os.fspath(file)))
+        elif file_data is not None:
+            parts.append(FormFile("file", filename=file_name or "image.nrrd", data=file_data))
+        query = {"image": image_id} if image_id is not None else {}
+        what = f"running task '{task}'"
+        resp = self._request("POST", f"/infer/{_segment(task)}", query=query, body=MultipartBody(parts),
+                             what=what, timeout=self.infer_timeout, cancel=cancel, progress=progress)
+        return self._infer_response(task, resp, what)
+
+    def _infer_response(self, task: str, resp: HttpResponse, what: str) -> InferResponse:
+        ctype = resp.content_type.lower()
+        if ctype.startswith("application/json"):
+            payload = resp.json(what)
+            if not isinstance(payload, dict):
+                raise OrthoFMFormatError(f"Task '{task}' replied with JSON that is not an object: "
+                                         f"{str(payload)[:200]}")
+            return InferResponse(task=task, json=payload)
+        if ctype.startswith("multipart/"):
+            payload: dict[str, Any] = {}
+            result = InferResponse(task=task, json=payload)
+            for part in parse_multipart(resp.body, resp.content_type):
+                if part.name == "params" and part.filename is None:
+                    try:
+                        loaded = json.loads(part.data.decode("utf-8")) if part.data.strip() else {}
+                    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                        raise OrthoFMFormatError(f"Task '{task}' sent an unreadable 'params' part.") from exc
+                    result.json = loaded if isinstance(loaded, dict) else {"result": loaded}
+                elif part.filename is not None or part.name in ("image", "file", "label"):
+                    result.file_data = part.data
+                    result.file_name = part.filename or f"{task}.nrrd"
+                    result.file_content_type = part.content_type
+            return result
+        # output=image (FileResponse) or any other single file
+        disposition = resp.headers.get("content-disposition", "")
+        name = header_param(disposition, "filename", "content-disposition") if disposition else None
+        return InferResponse(task=task, json={}, file_data=resp.body, file_name=name or f"{task}.nrrd",
+                             file_content_type=resp.content_type)
+
+    # ================================================================================== datastore
+    def datastore(self, output: str = "stats", *, cancel: threading.Event | None = None) -> Any:
+        """``GET /datastore/?output=stats|all|train``."""
+        return self._json("GET", "/datastore/", query={"output": output},
+                          what="reading the datastore (GET /datastore/)", cancel=cancel)
+
+    def upload_image(self, image_id: str, *, file: str | os.PathLike | None = None,
+                     file_data: bytes | None = None, file_name: str | None = None,
+                     params: dict[str, Any] | None = None, cancel: threading.Event | None = None,
+                     progress: ProgressCallback | None = None) -> str:
+        """``PUT /datastore/image?image=<id>``; returns the id the server stored it under.
+
+        ``file_name``'s extension decides the stored format (``.nrrd`` for Slicer volumes, ``.dcm`` for
+        an original DICOM file), so it must be right.
+        """
+        _check_id(image_id)
+        if (file is None) == (file_data is None):
+            raise ValueError("upload_image needs exactly one of file or file_data")
+        name = file_name or (Path(file).name if file is not None else f"{image_id}.nrrd")
+        fpart = FormFile("file", filename=name, path=os.fspath(file) if file is not None else None, data=file_data)
+        body = MultipartBody([FormField("params", json.dumps({"client_id": self.client_id, **(params or {})})),
+                              fpart])
+        payload = self._json("PUT", "/datastore/image", query={"image": image_id}, body=body,
+                             what=f"uploading image '{image_id}'", cancel=cancel, progress=progress)
+        return str(payload.get("image", image_id)) if isinstance(payload, dict) else image_id
+
+    def image_exists(self, image_id: str, *, cancel: threading.Event | None = None) -> bool:
+        try:
+            self._request("HEAD", "/datastore/image", query={"image": image_id},
+                          what=f"checking image '{image_id}'", cancel=cancel)
+            return True
+        except OrthoFMError as exc:
+            if exc.status == 404:
+                return False
+            raise
+
+    def image_info(self, image_id: str, *, cancel: threading.Event | None = None) -> dict[str, Any]:
+        return self._json("GET", "/datastore/image/info", query={"image": image_id},
+                          what=f"reading info of image '{image_id}'", cancel=cancel)
+
+    def download_image(self, image_id: str, dest_dir: str | os.PathLike, *,
+                       cancel: threading.Event | None = None, progress: ProgressCallback | None = None) -> Path:
+        """``GET /datastore/image?image=<id>`` into ``dest_dir`` (file name as the server sends it)."""
+        resp = self._request("GET", "/datastore/image", query={"image": image_id},
+                             what=f"downloading image '{image_id}'", cancel=cancel, progress=progress)
+        return _save_download(resp, dest_dir, fallback=f"{image_id}.nrrd")
+
+    def download_label(self, label_id: str, tag: str, dest_dir: str | os.PathLike, *,
+                       cancel: threading.Event | None = None) -> Path:
+        resp = self._request("GET", "/datastore/label", query={"label": label_id, "tag": tag},
+                             what=f"downloading label '{label_id}' (tag '{tag}')", cancel=cancel)
+        return _save_download(resp, dest_dir, fallback=f"{label_id}.nrrd")
+
+    def save_label(self, image_id: str, *, tag: str = "final", file: str | os.PathLike | None = None,
+                   file_data: bytes | None = None, file_name: str | None = None,
+                   params: dict[str, Any] | None = None, cancel: threading.Event | None = None,
+                   progress: ProgressCallback | None = None) -> dict[str, Any]:
+        """``PUT /datastore/label?image=<id>&tag=<tag>`` (multipart ``label`` + ``params``)."""
+        _check_id(image_id)
+        _check_tag(tag)
+        if (file is None) == (file_data is None):
+            raise ValueError("save_label needs exactly one of file or file_data")
+        name = file_name or (Path(file).name if file is not None else f"{image_id}.nrrd")
+        fpart = FormFile("label", filename=name, path=os.fspath(file) if file is not None else None,
+                         data=file_data)
+        body = MultipartBody([FormField("params", json.dumps({"client_id": self.client_id, **(params or {})})),
+                              fpart])
+        return self._json("PUT", "/datastore/label", query={"image": image_id, "tag": tag}, body=body,
+                          what=f"saving the '{tag}' label of image '{image_id}'", cancel=cancel, progress=progress)
+
+    def save_class_label(self, image_id: str, label: str, *, tag: str = "cls",
+                         extra: dict[str, Any] | None = None,
+                         cancel: threading.Event | None = None) -> dict[str, Any]:
+        """Image-level class label: a small JSON label file ``{"label": name, ...}`` under ``tag``."""
+        if not label:
+            raise ValueError("Choose a class before submitting a class label")
+        document = {"label": label, **(extra or {})}
+        return self.save_label(image_id, tag=tag, file_data=json.dumps(document).encode("utf-8"),
+                               file_name=f"{image_id}.json", params={"label": label}, cancel=cancel)
+
+    # ================================================================================== active learning
+    def next_sample(self, strategy: str = "random", params: dict[str, Any] | None = None, *,
+                    cancel: threading.Event | None = None) -> dict[str, Any] | None:
+        """``POST /activelearning/{strategy}``; ``None`` when nothing is left to label."""
+        payload = self._json("POST", f"/activelearning/{_segment(strategy)}",
+                             json_body={"client_id": self.client_id, **(params or {})},
+                             what=f"asking strategy '{strategy}' for the next sample", cancel=cancel)
+        if not payload or not isinstance(payload, dict) or not payload.get("id"):
+            return None
+        return payload
+
+    # ================================================================================== training
+    def train_start(self, task: str, params: dict[str, Any] | None = None, *,
+                    cancel: threading.Event | None = None) -> dict[str, Any]:
+        """``POST /train/{task}``; returns the submitted task record (``id``, ``status``...)."""
+        try:
+            return self._json("POST", f"/train/{_segment(task)}", json_body=params or {},
+                              what=f"starting training of '{task}'", cancel=cancel)
+        except OrthoFMError as exc:
+            if exc.status == 429:
+                raise OrthoFMError("A training run is already running on the server. Wait for it to finish "
+                                   "or press Stop training first.", status=429, url=exc.url,
+                                   detail=exc.detail) from exc
+            raise
+
+    def train_status(self, *, all_runs: bool = False, check_if_running: bool = False,
+                     cancel: threading.Event | None = None) -> Any:
+        """``GET /train/``: the latest run (or all runs); ``None`` when there is none (HTTP 404)."""
+        try:
+            return self._json("GET", "/train/", query={"all": str(all_runs).lower(),
+                                                       "check_if_running": str(check_if_running).lower()},
+                              what="reading the training status", cancel=cancel)
+        except OrthoFMError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def train_stop(self, *, cancel: threading.Event | None = None) -> Any:
+        """``DELETE /train/``: stop the running training (``None`` if nothing ran)."""
+        return self._json("DELETE", "/train/", what="stopping the training", cancel=cancel)
+
+    def wait_for_training(self, run_id: str | None = None, *, poll_interval: float = 1.0,
+                          timeout: float | None = None, cancel: threading.Event | None = None,
+                          on_status: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """Poll ``GET /train/`` until the run reaches DONE, ERROR or STOPPED and return its record.
+
+        Cancelling stops waiting, not the training (use ``train_stop`` for that).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self._run_record(run_id, cancel)
+            if status is not None and on_status is not None:
+                on_status(status)
+            if status is not None and str(status.get("status", "")).upper() in _TERMINAL_TRAIN_STATES:
+                return status
+            if deadline is not None and time.monotonic() > deadline:
+                state = status.get("status") if status else "unknown"
+                raise OrthoFMTimeoutError(f"Training did not finish within {timeout:.0f} s (last state: {state}). "
+                                          "It keeps running on the server; check again later.", url=self.url)
+            _sleep(poll_interval, cancel, "waiting for the training to finish")
+
+    def _run_record(self, run_id: str | None, cancel: threading.Event | None) -> dict[str, Any] | None:
+        records = self.train_status(all_runs=run_id is not None, cancel=cancel)
+        if records is None:
+            return None
+        if run_id is None:
+            return records if isinstance(records, dict) else None
+        for record in records if isinstance(records, list) else [records]:
+            if isinstance(record, dict) and record.get("id") == run_id:
+                return record
+        return None
+
+    # ================================================================================== transport
+    def _json(self, method: str, path: str, *, what: str, query: dict[str, str] | None = None,
+              body: MultipartBody | None = None, json_body: Any = None,
+              cancel: threading.Event | None = None, progress: ProgressCallback | None = None) -> Any:
+        if json_body is not None:
+            data = json.dumps(json_body).encode("utf-8")
+            resp = self._request(method, path, query=query, body=data, content_type="application/json",
+                                 what=what, cancel=cancel, progress=progress)
+        else:
+            resp = self._request(method, path, query=query, body=body, what=what, cancel=cancel,
+                                 progress=progress)
+        if not resp.body.strip():
+            return None
+        return resp.json(what)
+
+    def _request(self, method: str, path: str, *, what: str, query: dict[str, str] | None = None,
+                 body: MultipartBody | bytes | None = None, content_type: str | None = None,
+                 timeout: float | None = None, cancel: threading.Event | None = None,
+                 progress: ProgressCallback | None = None) -> HttpResponse:
+        timeout = self.timeout if timeout is None else timeout
+        target = self._base_path + path
+        if query:
+            target += "?" + urllib.parse.urlencode(query)
+        headers = {"Accept": "application/json, multipart/form-data, */*", "User-Agent": "OrthoFM-Slicer"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        chunks: Iterable[bytes] = ()
+        total: int | None = 0
+        if isinstance(body, MultipartBody):
+            headers["Content-Type"] = body.content_type
+            total = len(body)
+            chunks = body.chunks(self.chunk_size)
+        elif body is not None:
+            headers["Content-Type"] = content_type or "application/octet-stream"
+            total = len(body)
+            chunks = [body[i:i + self.chunk_size] for i in range(0, len(body), self.chunk_size)] or [b""]
+        if method in ("POST", "PUT") or body is not None:
+            headers["Content-Length"] = str(total)
+
+        _check_cancel(cancel, what)
+        conn = self._connection()
+        try:
+            try:
+                conn.connect()
+                conn.putrequest(method, target, skip_accept_encoding=True)
+                for key, value in headers.items():
+                    conn.putheader(key, value)
+                conn.endheaders()
+                sent = 0
+                for chunk in chunks:
+                    _check_cancel(cancel, what)
+                    if chunk:
+                        conn.send(chunk)
+                        sent += len(chunk)
+                        if progress is not None:
+                            progress(sent, total)
+                _wait_readable(conn, timeout, cancel, what)
+                raw = conn.getresponse()
+                resp_headers = {k.lower(): v for k, v in raw.getheaders()}
+                length = resp_headers.get("content-length")
+                expected = int(length) if length and length.isdigit() else None
+                data = bytearray()
+                if method != "HEAD":
+                    while True:
+                        _check_cancel(cancel, what)
+                        block = raw.read(self.chunk_size) if expected is None else raw.read1(self.chunk_size)
+                        if not block:
+                            break
+                        data.extend(block)
+                        if progress is not None:
+                            progress(len(data), expected)
+                    if expected is not None and len(data) < expected:
+                        raise OrthoFMConnectionError(
+                            f"The connection to {self.url} closed while {what} ({len(data)} of {expected} bytes "
+                            "received). Try again; if it repeats, check the server log.", url=self.url)
+                resp = HttpResponse(raw.status, resp_headers, bytes(data))
+            except OrthoFMError:
+                raise
+            except ConnectionRefusedError as exc:
+                raise OrthoFMConnectionError(
+                    f"Cannot connect to the OrthoFM server at {self.url}: connection refused. Is the server "
+                    "running (orthofm serve) and are the address and port right?", url=self.url) from exc
+            except socket.gaierror as exc:
+                raise OrthoFMConnectionError(
+                    f"Cannot find the host '{self._host}' of server URL {self.url} ({exc.strerror}). "
+                    "Check the address.", url=self.url) from exc
+            except (socket.timeout, TimeoutError) as exc:  # noqa: UP041 (distinct types before Python 3.10)
+                raise OrthoFMTimeoutError(
+                    f"The server at {self.url} did not answer within {timeout:.0f} s while {what}. It may be busy "
+                    "(it runs one inference at a time) or unreachable; try again or raise the timeout in the "
+                    "OrthoFM settings.", url=self.url) from exc
+            except ssl.SSLError as exc:
+                raise OrthoFMConnectionError(f"TLS error talking to {self.url}: {exc}. Check the URL scheme "
+                                             "(http or https) and the server certificate.", url=self.url) from exc
+            except (ConnectionError, http.client.HTTPException, OSError) as exc:
+                raise OrthoFMConnectionError(
+                    f"Lost the connection to {self.url} while {what}: {exc}. Is the server still running?",
+                    url=self.url) from exc
+        finally:
+            conn.close()
+        if resp.status >= 400:
+            raise self._http_error(resp, what)
+        return resp
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._scheme == "https":
+            return http.client.HTTPSConnection(self._host, self._port, timeout=self.timeout,
+                                               context=self._ssl_context)
+        return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+
+    def _http_error(self, resp: HttpResponse, what: str) -> OrthoFMError:
+        detail = _error_detail(resp)
+        status = resp.status
+        if status == 401:
+            return OrthoFMAuthError(
+                f"The server at {self.url} needs a valid access token (HTTP 401: {detail}). "
+                + ("The token you entered was rejected or has expired; get a new one." if self.token
+                   else "Enter the token in the Connect panel."), status=status, url=self.url, detail=detail)
+        if status == 403:
+            return OrthoFMAuthError(
+                f"Your token is valid but not allowed to do this ({what}; HTTP 403: {detail}). Ask the server "
+                "administrator for the needed role.", status=status, url=self.url, detail=detail)
+        if status == 404:
+            return OrthoFMError(f"Not found while {what} (HTTP 404: {detail}).", status=status, url=self.url,
+                                detail=detail)
+        if status >= 500 and detail in ("", "Internal Server Error"):
+            return OrthoFMError(
+                f"The server failed while {what} (HTTP {status}) without saying why. Its log has the reason: "
+                f"the terminal running the server, or {self.url}/logs/.", status=status, url=self.url,
+                detail=detail)
+        return OrthoFMError(f"The server refused {what} (HTTP {status}): {detail}", status=status, url=self.url,
+                            detail=detail)
+
+
+# ====================================================================================== helpers
+def _error_detail(resp: HttpResponse) -> str:
+    text = resp.body.decode("utf-8", errors="replace").strip()
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError:
+        return text[:500]
+    if isinstance(payload, dict) and "detail" in payload:
+        detail = payload["detail"]
+        if isinstance(detail, list):  # FastAPI validation errors
+            return "; ".join(f"{'.'.join(str(x) for x in d.get('loc', []))}: {d.get('msg', d)}"
+                             if isinstance(d, dict) else str(d) for d in detail)
+        return str(detail)
+    return text[:500]
+
+
+def _wait_readable(conn: http.client.HTTPConnection, timeout: float, cancel: threading.Event | None,
+                   what: str) -> None:
+    """Wait for the first reply byte in short slices so a cancel request is seen within ~0.1 s."""
+    sock = conn.sock
+    if sock is None:
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        _check_cancel(cancel, what)
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"no reply within {timeout} s")
+        readable, _, _ = select.select([sock], [], [], min(0.1, remaining))
+        if readable:
+            return
+
+
+def _check_cancel(cancel: threading.Event | None, what: str) -> None:
+    if cancel is not None and cancel.is_set():
+        raise OrthoFMCancelled(f"Cancelled while {what}.")
+
+
+def _sleep(seconds: float, cancel: threading.Event | None, what: str) -> None:
+    if cancel is None:
+        time.sleep(seconds)
+    elif cancel.wait(seconds):
+        raise OrthoFMCancelled(f"Cancelled while {what}.")
+
+
+def _save_download(resp: HttpResponse, dest_dir: str | os.PathLike, fallback: str) -> Path:
+    disposition = resp.headers.get("content-disposition", "")
+    name = header_param(disposition, "filename", "content-disposition") if disposition else None
+    name = Path(name).name if name else fallback
+    if name in ("", ".", ".."):
+        name = fallback
+    dest = Path(dest_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    target = dest / name
+    tmp = target.with_name(f".{target.name}.part")
+    with open(tmp, "wb") as f:
+        f.write(resp.body)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+    return target
+
+
+def _segment(name: str) -> str:
+    if not name or "/" in name:
+        raise ValueError(f"'{name}' is not a valid task or strategy name")
+    return urllib.parse.quote(name, safe="")
+
+
+def _check_id(image_id: str) -> None:
+    if not image_id or "/" in image_id or "\\" in image_id or image_id in (".", ".."):
+        raise ValueError(f"Image id '{image_id}' is not valid: use letters, digits, '-', '_' or '.'")
+
+
+def _check_tag(tag: str) -> None:
+    if not tag or not all(c.isalnum() or c in "-_" for c in tag):
+        raise ValueError(f"Label tag '{tag}' is not valid: use letters, digits, '-' or '_'")
