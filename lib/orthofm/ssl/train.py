@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from orthofm.models import Backbone, create_backbone
+from orthofm.models import Backbone, PreprocessConfig, create_backbone
 
 from .augment import augment_view
 from .config import PretrainConfig, save_config
@@ -78,15 +78,20 @@ def resolution_at(config: PretrainConfig, step: int, total: int) -> int:
 
 
 # -- batches -------------------------------------------------------------------------------------
-def make_batch(cache: DecodedImageCache, indices: list[int], config: PretrainConfig, size: int) -> dict:
-    """Augmented views for the enabled objectives; grey images are replicated to 3 channels and
-    normalised like the backbone expects (mean/std of ``orthofm.models.backbone.ORTHOFM_*``)."""
-    from orthofm.models.backbone import ORTHOFM_MEAN, ORTHOFM_STD
-
-    mean, std = ORTHOFM_MEAN[0], ORTHOFM_STD[0]
+def make_batch(
+    cache: DecodedImageCache,
+    indices: list[int],
+    config: PretrainConfig,
+    size: int,
+    preprocess: PreprocessConfig,
+) -> dict:
+    """Augmented views for the enabled objectives: grey [0, 1] images replicated to 3 channels and
+    normalised with the mean/std the backbone's weights expect (ImageNet for imported DINOv3 weights)."""
+    mean = torch.tensor(preprocess.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess.std, dtype=torch.float32).view(1, 3, 1, 1)
 
     def stack(views: list[torch.Tensor]) -> torch.Tensor:
-        return ((torch.stack(views) - mean) / std).expand(-1, 3, -1, -1).contiguous()
+        return (torch.stack(views).expand(-1, 3, -1, -1) - mean) / std
 
     images = [cache.tensor(i) for i in indices]
     batch: dict = {}
@@ -144,7 +149,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 # -- the loop ------------------------------------------------------------------------------------
 def build_backbone(config: PretrainConfig) -> Backbone:
-    from orthofm.models.backbone import ORTHOFM_MEAN, ORTHOFM_STD, PreprocessConfig
+    from orthofm.models.backbone import ORTHOFM_MEAN, ORTHOFM_STD
 
     preprocess = PreprocessConfig(mean=ORTHOFM_MEAN, std=ORTHOFM_STD, input_size=224)
     decoder = config.decoder if "mae" in config.objective else None
@@ -222,7 +227,7 @@ def pretrain(config: PretrainConfig) -> Path:
         start = within * global_batch + info.rank * config.batch_size
         indices = perm[start : start + config.batch_size].tolist()
         size = resolution_at(config, step, total_steps)
-        batch = make_batch(cache, indices, config, size)
+        batch = make_batch(cache, indices, config, size, meta.student.preprocess)
         batch = {k: (v.to(info.device) if torch.is_tensor(v) else [t.to(info.device) for t in v]) for k, v in batch.items()}
 
         current_lr = cosine(step, total_steps, lr, lr * config.min_lr_ratio, warmup)
