@@ -7,6 +7,7 @@ itself (start, answer, stop on Ctrl-C).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -112,6 +113,39 @@ class ServerProcess:
 
     def client(self, timeout: float = 120) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=timeout, headers=self.headers)
+
+
+def pydicom_file(name: str) -> Path:
+    from pydicom.data import get_testdata_file
+
+    found = get_testdata_file(name, download=False)
+    if not found:
+        pytest.fail(f"{name} missing from pydicom-data (pinned in requirements.txt)")
+    return Path(found)
+
+
+def build_studies(root: Path, shared_data: Path, per_grade: int = 2, mri_slices: int = 6) -> dict[str, list[str]]:
+    """A studies folder of real images: knee KL PNGs (``kl<g>_<name>``), a CR and an MR slice (pydicom-data)
+    and a knee MRI DICOM series folder. Returns {"png": ids, "cr": [id], "mr": [id], "series": [id]}."""
+    root.mkdir(parents=True, exist_ok=True)
+    ids: dict[str, list[str]] = {"png": [], "cr": [], "mr": [], "series": []}
+    for grade in range(5):
+        folder = shared_data / "knee_kl" / "train" / str(grade)
+        for f in sorted(folder.iterdir())[:per_grade]:
+            shutil.copyfile(f, root / f"kl{grade}_{f.name}")
+            ids["png"].append(f"kl{grade}_{f.stem}")
+    shutil.copyfile(pydicom_file("RG3_UNCR.dcm"), root / "cr_leg.dcm")
+    ids["cr"].append("cr_leg")
+    shutil.copyfile(pydicom_file("MR2_UNCR.dcm"), root / "mr_shoulder.dcm")
+    ids["mr"].append("mr_shoulder")
+    series = root / "knee_mri"
+    series.mkdir()
+    slices = sorted((shared_data / "knee_mri_dess").glob("*.dcm"))
+    start = max(0, len(slices) // 2 - mri_slices // 2)
+    for f in slices[start:start + mri_slices]:
+        shutil.copyfile(f, series / f.name)
+    ids["series"].append("knee_mri")
+    return ids
 
 
 @pytest.fixture

@@ -80,7 +80,7 @@ class EmbeddingStrategy(Strategy):
         name = self.name
         if name == "random":
             chosen = pool[int(np.random.default_rng(seed).integers(len(pool)))]
-            return {"id": chosen, "strategy": name, "candidates": len(pool),
+            return {"id": chosen, "selected_by": name, "candidates": len(pool),
                     "seconds": round(time.perf_counter() - t0, 4)}
         self.runtime.sync_embeddings(datastore, compute=False)
         present, raw, x = self.runtime.embedding_index.matrix()
@@ -89,7 +89,7 @@ class EmbeddingStrategy(Strategy):
         lab = np.asarray([row[i] for i in labeled if i in row], dtype=np.int64)
         if len(cand) == 0:  # nothing embedded yet (the background embedder is still running)
             chosen = pool[int(np.random.default_rng(seed).integers(len(pool)))]
-            return {"id": chosen, "strategy": name, "fallback": "random",
+            return {"id": chosen, "selected_by": name, "fallback": "random",
                     "note": "no cached embeddings yet: picked at random", "candidates": len(pool)}
         probs = None
         if name in ("uncertainty", "hybrid"):
@@ -104,7 +104,7 @@ class EmbeddingStrategy(Strategy):
         kwargs = {"kind": request["kind"]} if "kind" in request and name in ("uncertainty", "hybrid") else {}
         picked = select(name, SelectionInput(x, lab, cand, probs, seed), budget=1, **kwargs)
         chosen = present[int(picked[0])]
-        out = {"id": chosen, "strategy": self.name, "candidates": len(cand),
+        out = {"id": chosen, "selected_by": self.name, "candidates": len(cand),
                "not_embedded": len(pool) - len(cand), "seconds": round(time.perf_counter() - t0, 4)}
         if note:
             out["note"] = note

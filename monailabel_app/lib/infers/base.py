@@ -19,7 +19,7 @@ from lib.server.inputs import public_message
 
 # DICOM BodyPartExamined values -> OrthoFM anatomy names
 BODY_PARTS = {
-    "KNEE": "knee", "LEG": "knee", "LOWER LIMB": "knee", "HIP": "hip", "PELVIS": "hip", "SHOULDER": "shoulder",
+    "KNEE": "knee", "HIP": "hip", "PELVIS": "hip", "SHOULDER": "shoulder",
     "ANKLE": "ankle", "FOOT": "ankle", "WRIST": "wrist", "HAND": "wrist", "ELBOW": "elbow",
 }
 

@@ -23,8 +23,9 @@ log = logging.getLogger("orthofm.server")
 
 # Local datastore: single-file radiographs (DICOM, PNG, JPEG) and volumes. MRI series are folders (see datastore).
 IMAGE_PATTERNS = ["*.dcm", "*.png", "*.jpg", "*.jpeg", "*.nii.gz", "*.nii", "*.nrrd"]
-# DICOMweb: radiographs and MRI; MONAI Label's default filter is CT only.
-DICOMWEB_FILTER = {"Modality": "CR\\DX\\MR"}
+# DICOMweb: radiographs and MRI; MONAI Label's default filter is CT only. QIDO-RS multiple values are
+# comma-separated (PS3.18 8.3.4.1; Orthanc does not accept the backslash form).
+DICOMWEB_FILTER = {"Modality": "CR,DX,MR"}
 
 
 @dataclass

@@ -1,0 +1,144 @@
+"""Issue 10 concurrency: inference off the event loop, batching, 16 clients x 25 mixed requests, bounded memory,
+inference while a training runs. Bounded to a couple of minutes of requests; uses the small ViT-S."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+from PIL import Image
+from test_app_harness import ServerProcess, build_studies
+
+P95_INFO_MS = 50.0
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory, shared_data: Path):
+    work = tmp_path_factory.mktemp("load")
+    studies = work / "studies"
+    ids = build_studies(studies, shared_data, per_grade=1, mri_slices=3)
+    srv = ServerProcess(studies=studies, workdir=work,
+                        conf={"embed_on_ingest": "false", "infer_workers": "4", "batch_wait_ms": "10"}).start()
+    pngs = [p.read_bytes() for p in sorted(studies.glob("kl*.png"))]
+    yield {"srv": srv, "ids": ids, "studies": studies, "pngs": pngs, "http": srv.client()}
+    srv.kill()
+
+
+def rss_mb(srv: ServerProcess) -> float:
+    return psutil.Process(srv.proc.pid).memory_info().rss / 2**20
+
+
+def upload_infer(url: str, data: bytes) -> httpx.Response:
+    """An embedding of an uploaded image: never cached, so every request runs the backbone."""
+    return httpx.post(url + "/infer/embedding", files={"file": ("x.png", data)}, timeout=300)
+
+
+def jitter(png: bytes, seed: int) -> bytes:
+    a = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.int16)
+    a = np.clip(a + np.random.default_rng(seed).integers(-3, 4, a.shape), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_info_stays_fast_during_an_inference_burst_and_requests_batch(env) -> None:
+    url = env["srv"].url
+    assert upload_infer(url, env["pngs"][0]).status_code == 200  # warm-up: model loaded
+    stop = threading.Event()
+    latencies: list[float] = []
+
+    def poll() -> None:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                assert c.get("/info/").status_code == 200
+                latencies.append((time.perf_counter() - t0) * 1000)
+                time.sleep(0.02)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda i: upload_infer(url, jitter(env["pngs"][i % 5], i)).status_code,
+                                  range(24)))
+    finally:
+        stop.set()
+        poller.join()
+    assert codes == [200] * 24
+    p95 = float(np.percentile(latencies, 95))
+    assert len(latencies) >= 20
+    assert p95 < P95_INFO_MS, f"/info p95 {p95:.1f} ms during the burst (n={len(latencies)})"
+    batching = httpx.get(url + "/info/").json()["orthofm"]["batching"]
+    assert batching["largest_batch"] >= 2, batching  # queued requests to the model ran as one forward
+
+
+def mixed_client(url: str, ids: dict, pngs: list[bytes], worker: int, n: int = 25) -> list[tuple[str, int]]:
+    out = []
+    rng = np.random.default_rng(worker)
+    with httpx.Client(base_url=url, timeout=300) as c:
+        for i in range(n):
+            kind = ["info", "datastore", "next", "infer_id", "infer_upload", "label", "get_label"][i % 7]
+            image = ids["png"][int(rng.integers(len(ids["png"])))]
+            if kind == "info":
+                r = c.get("/info/")
+            elif kind == "datastore":
+                r = c.get("/datastore/", params={"output": "all"})
+            elif kind == "next":
+                r = c.post("/activelearning/random", json={"reserve_seconds": 0})
+            elif kind == "infer_id":
+                r = c.post("/infer/embedding", params={"image": image})
+            elif kind == "infer_upload":
+                r = c.post("/infer/embedding", files={"file": ("x.png", jitter(pngs[i % len(pngs)], worker * 100 + i))})
+            elif kind == "label":
+                r = c.put("/datastore/label", params={"image": image, "tag": f"w{worker}"},
+                          files={"label": ("l.json", json.dumps({"label": f"KL{i % 5}"}).encode())})
+            else:
+                r = c.get("/datastore/image/info", params={"image": image})
+            out.append((kind, r.status_code))
+    return out
+
+
+def test_16_clients_x_25_mixed_requests_zero_errors_and_bounded_memory(env) -> None:
+    url = env["srv"].url
+    rss = []
+    for burst in range(2):
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(16) as pool:
+            results = [r for rs in pool.map(lambda w: mixed_client(url, env["ids"], env["pngs"], w), range(16))
+                       for r in rs]
+        elapsed = time.perf_counter() - t0
+        errors = [r for r in results if r[1] != 200]
+        assert len(results) == 400 and not errors, errors[:10]
+        rss.append(rss_mb(env["srv"]))
+        print(f"burst {burst}: 400 requests in {elapsed:.1f} s ({400 / elapsed:.1f} req/s), RSS {rss[-1]:.0f} MB")
+    assert rss[1] - rss[0] < 150, f"RSS grew from {rss[0]:.0f} to {rss[1]:.0f} MB between identical bursts"
+
+
+def test_inference_answers_while_a_training_runs(env) -> None:
+    http: httpx.Client = env["http"]
+    for image in env["ids"]["png"]:
+        r = http.put("/datastore/label", params={"image": image, "tag": "cls"},
+                     files={"label": ("l.json", json.dumps({"label": f"KL{image[2]}"}).encode())})
+        assert r.status_code == 200
+    task = http.post("/train/knee_kl", json={"min_labels": 4}).json()
+    served = 0
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        st = http.get("/train/").json()
+        if st["id"] == task["id"] and st["status"] != "RUNNING" and st["status"] != "SUBMITTED":
+            break
+        r = upload_infer(env["srv"].url, jitter(env["pngs"][served % 5], 1000 + served))
+        assert r.status_code == 200, r.text
+        served += 1
+    assert st["status"] == "DONE", st.get("details")
+    assert served >= 3  # inference kept answering during the training run
+    r = http.post("/infer/knee_kl", params={"image": env["ids"]["cr"][0]})
+    assert r.status_code == 200 and "expected_grade" in r.json()
