@@ -1,0 +1,76 @@
+"""``orthofm evaluate``: the label-efficiency protocol and its report (quick preset for CI, full for the paper)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    """``"1,5,10"`` (percent) -> (0.01, 0.05, 0.1)."""
+    values = tuple(float(v) / 100 for v in text.split(",") if v.strip())
+    if not values or any(not 0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected percentages in (0, 100], got {text!r}")
+    return values
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip() and v.strip() != "none")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("evaluate", help="label-efficiency protocol: heads vs supervised baselines -> report")
+    p.add_argument("--train", required=True, help="training labels (labels.csv or folder per class)")
+    p.add_argument("--test", required=True, help="test labels, used only for scoring")
+    p.add_argument("--out", required=True, help="report folder (summary.md, PNGs, results.json)")
+    p.add_argument("--weights", default=None, help="backbone weights (default: the OrthoFM default model folder)")
+    p.add_argument("--task", default="task", help="task name shown in the report")
+    p.add_argument("--preset", choices=("quick", "full"), default="full",
+                   help="quick: minutes, a few hundred images (CI smoke); full: the documented protocol")
+    p.add_argument("--fractions", type=_floats, help="label fractions in percent, e.g. 1,5,10,25,50,100")
+    p.add_argument("--seeds", type=int, help="seeds per fraction")
+    p.add_argument("--heads", type=_names, help="probe,knn,mlp,finetune (or none)")
+    p.add_argument("--baselines", type=_names, help="resnet18,vit_random (or none)")
+    p.add_argument("--baseline-fractions", type=_floats, help="fractions (percent) for the baselines")
+    p.add_argument("--baseline-seeds", type=int)
+    p.add_argument("--baseline-max-minutes", type=float, help="wall-clock safety budget per baseline training")
+    p.add_argument("--baseline-image-size", type=int)
+    p.add_argument("--max-train-images", type=int, help="patient-grouped cap on the training split")
+    p.add_argument("--max-test-images", type=int, help="patient-grouped cap on the test split")
+    p.add_argument("--params", default=None, help='JSON head settings per kind, e.g. \'{"finetune": {"n_blocks": 2}}\'')
+    p.add_argument("--cache", default=None, help="embedding store folder (default: ~/.cache/orthofm/embeddings)")
+    p.add_argument("--no-resume", action="store_true", help="start over instead of reusing results.json runs")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+    import shlex
+    import sys
+
+    from orthofm.evaluate.baselines import BaselineConfig
+    from orthofm.evaluate.protocol import PRESETS, ProtocolConfig, run_protocol
+    from orthofm.utils.runtime import configure_threads
+
+    configure_threads()
+    settings = dict(PRESETS[args.preset])
+    overrides = {"fractions": args.fractions, "seeds": args.seeds, "heads": args.heads, "baselines": args.baselines,
+                 "baseline_fractions": args.baseline_fractions, "baseline_seeds": args.baseline_seeds,
+                 "max_train_images": args.max_train_images, "max_test_images": args.max_test_images}
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    if args.fractions is not None:
+        settings.pop("head_fractions", None)
+    if args.params:
+        settings["head_params"] = {**settings.get("head_params", {}), **json.loads(args.params)}
+    baseline = settings.get("baseline") or BaselineConfig()
+    if args.baseline_max_minutes is not None:
+        baseline = dataclasses.replace(baseline, max_minutes=args.baseline_max_minutes)
+    if args.baseline_image_size is not None:
+        baseline = dataclasses.replace(baseline, image_size=args.baseline_image_size)
+    settings["baseline"] = baseline
+    config = ProtocolConfig(train=args.train, test=args.test, out=args.out, weights=args.weights, task=args.task,
+                            cache=args.cache, resume=not args.no_resume,
+                            command="orthofm " + " ".join(shlex.quote(a) for a in sys.argv[1:]), **settings)
+    data = run_protocol(config)
+    print(f"{len(data['runs'])} runs; report: {args.out}/summary.md")
+    return 0

@@ -1,0 +1,1 @@
+"""Honest evaluation: patient-grouped splits, metrics, the label-efficiency protocol, baselines, reports."""

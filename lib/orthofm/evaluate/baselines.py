@@ -1,0 +1,216 @@
+"""Supervised baselines trained here, on the same labels: a ResNet-18 from scratch and the ViT from random init.
+
+A label-efficiency claim is only as good as its baseline: an under-trained baseline makes any foundation
+model look label-efficient. So every baseline trains until early stopping on a patient-grouped held-out
+part of its training labels says it has converged (or a stated budget ends it, which the result records as
+*not converged*), and its compute is measured (process CPU time, i.e. summed over threads, and wall time).
+Both use bf16 autocast on CPU, light augmentation (flip, shift, contrast), class-weighted loss, and the same
+temperature scaling on the held-out part as the heads.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from orthofm.heads.base import balanced_class_weights
+from orthofm.heads.calibration import fit_temperature, softmax
+from orthofm.heads.embeddings import read_pixels
+from orthofm.heads.features import pool_tokens
+from orthofm.heads.mlp import ordinal_emd_loss
+
+from .splits import group_holdout
+
+__all__ = ["BASELINES", "BaselineConfig", "BaselineResult", "load_image_tensors", "train_baseline"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BaselineConfig:
+    """Training settings; ``max_epochs`` / ``max_minutes`` are safety nets, early stopping is the rule."""
+
+    image_size: int = 224
+    batch_size: int = 32
+    max_epochs: int = 100
+    patience: int = 8
+    holdout: float = 0.15
+    lr_resnet: float = 1e-3
+    lr_vit: float = 3e-4
+    weight_decay: float = 0.05
+    warmup_epochs: int = 2
+    max_minutes: float | None = None
+    bf16: bool = True
+    ordinal_loss: bool = True
+
+
+@dataclass
+class BaselineResult:
+    """Test probabilities + how training went (converged = stopped by patience, not by a budget)."""
+
+    probs: np.ndarray
+    epochs_run: int
+    best_epoch: int
+    converged: bool
+    cpu_minutes: float
+    wall_minutes: float
+    threads: int
+    temperature: float
+    held_out: int
+    best_held_out_nll: float
+    stop_reason: str
+
+    def summary(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("probs")
+        return d
+
+
+def load_image_tensors(paths: Sequence[Path], size: int, mean: float, std: float,
+                       progress: bool = True) -> torch.Tensor:
+    """All images as one (N, S, S) float16 tensor, prepared like the backbone's input (grey channel)."""
+    from orthofm.io import prepare_2d
+
+    out = torch.empty((len(paths), size, size), dtype=torch.float16)
+    for i, p in enumerate(tqdm(paths, desc="loading images", unit="img", disable=not progress, leave=False)):
+        prep = prepare_2d(read_pixels(p).array, size=size, mean=(mean,) * 3, std=(std,) * 3)
+        out[i] = torch.as_tensor(prep.tensor[0]).to(torch.float16)
+    return out
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip, shift up to 1/16 of the size, contrast x[0.8, 1.2] and brightness +-0.2 (normalised)."""
+    b, s = x.shape[0], x.shape[-1]
+    flip = torch.rand(b, generator=gen) < 0.5
+    x = torch.where(flip[:, None, None], x.flip(-1), x)
+    pad = max(1, s // 16)
+    padded = nn.functional.pad(x[:, None], (pad, pad, pad, pad), mode="replicate")[:, 0]
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, b), generator=gen)
+    x = torch.stack([padded[i, dy[i] : dy[i] + s, dx[i] : dx[i] + s] for i in range(b)])
+    contrast = 0.8 + 0.4 * torch.rand(b, 1, 1, generator=gen)
+    bright = 0.4 * torch.rand(b, 1, 1, generator=gen) - 0.2
+    return x * contrast + bright
+
+
+class _ResNet(nn.Module):
+    """torchvision ResNet-18, random init, 1 input channel (grey radiographs)."""
+
+    def __init__(self, n_classes: int) -> None:
+        super().__init__()
+        from torchvision.models import resnet18
+
+        self.net = resnet18(weights=None, num_classes=n_classes)
+        self.net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x[:, None])
+
+
+class _RandomViT(nn.Module):
+    """The OrthoFM backbone architecture from random init + a linear head on ``[CLS ; mean patch]``."""
+
+    def __init__(self, n_classes: int, arch: str, image_size: int) -> None:
+        super().__init__()
+        from orthofm.models import create_backbone
+
+        self.backbone = create_backbone(arch, img_size=image_size)
+        self.head = nn.Linear(2 * self.backbone.embed_dim, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(pool_tokens(self.backbone.forward_features(x[:, None].expand(-1, 3, -1, -1))))
+
+
+BASELINES: dict[str, Callable[..., nn.Module]] = {
+    "resnet18": lambda n_classes, arch, image_size: _ResNet(n_classes),
+    "vit_random": lambda n_classes, arch, image_size: _RandomViT(n_classes, arch, image_size),
+}
+
+
+def _predict(model: nn.Module, images: torch.Tensor, idx: np.ndarray, bs: int, bf16: bool) -> np.ndarray:
+    model.eval()
+    outs = []
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for s in range(0, len(idx), bs):
+            outs.append(model(images[torch.as_tensor(idx[s : s + bs])].float()).float())
+    model.train()
+    return torch.cat(outs).double().numpy() if outs else np.zeros((0, 0))
+
+
+def train_baseline(
+    name: str, images: torch.Tensor, y: np.ndarray, groups: list[str], test_images: torch.Tensor,
+    n_classes: int, *, arch: str = "vit_small_patch16_dinov3_qkvb", ordinal: bool = False,
+    config: BaselineConfig | None = None, seed: int = 0,
+) -> BaselineResult:
+    """Train baseline ``name`` on (images, y) with early stopping on a grouped held-out part; predict the test set."""
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; choose from {sorted(BASELINES)}")
+    cfg = config or BaselineConfig()
+    y = np.asarray(y, dtype=np.int64)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = BASELINES[name](n_classes, arch, cfg.image_size)
+    fit_idx, hold_idx = group_holdout(y, groups, cfg.holdout, seed)
+    weights = torch.as_tensor(balanced_class_weights(y[fit_idx], n_classes), dtype=torch.float32)
+    ce = nn.CrossEntropyLoss(weight=weights)
+    lr = cfg.lr_resnet if name == "resnet18" else cfg.lr_vit
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(fit_idx) / cfg.batch_size))
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / max(1, warmup)))
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.3, patience=max(1, cfg.patience // 3))
+    yt = torch.as_tensor(y)
+    best_nll, best_epoch, best_state = math.inf, 0, {k: v.clone() for k, v in model.state_dict().items()}
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    stop_reason = f"max_epochs ({cfg.max_epochs})"
+    epoch = 0
+    bar = tqdm(range(1, cfg.max_epochs + 1), desc=f"{name} ({len(fit_idx)} imgs)", unit="epoch", leave=False)
+    model.train()
+    for epoch in bar:
+        order = fit_idx[rng.permutation(len(fit_idx))]
+        for s in range(0, len(order), cfg.batch_size):
+            b = order[s : s + cfg.batch_size]
+            x = _augment(images[torch.as_tensor(b)].float(), gen)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                z = model(x).float()
+            loss = ce(z, yt[b]) + (ordinal_emd_loss(z, yt[b]) if ordinal and cfg.ordinal_loss else 0.0)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        hold_logits = _predict(model, images, hold_idx, 2 * cfg.batch_size, cfg.bf16)
+        nll = float(-np.mean(np.log(np.clip(softmax(hold_logits)[np.arange(len(hold_idx)), y[hold_idx]], 1e-12, 1))))
+        plateau.step(nll)
+        bar.set_postfix(held_out_nll=f"{nll:.3f}", best=best_epoch)
+        if nll < best_nll - 1e-4:
+            best_nll, best_epoch = nll, epoch
+            best_state = {k: v.clone() for k, v in model.state_dict().items()}
+        elif epoch - best_epoch >= cfg.patience:
+            stop_reason = f"early stopping (no held-out NLL gain for {cfg.patience} epochs)"
+            break
+        if cfg.max_minutes is not None and time.perf_counter() - t0 > 60 * cfg.max_minutes:
+            stop_reason = f"time budget ({cfg.max_minutes} min)"
+            break
+    bar.close()
+    cpu_minutes, wall_minutes = (time.process_time() - cpu0) / 60, (time.perf_counter() - t0) / 60
+    model.load_state_dict(best_state)
+    calibration = fit_temperature(_predict(model, images, hold_idx, 2 * cfg.batch_size, cfg.bf16), y[hold_idx])
+    test_logits = _predict(model, test_images, np.arange(len(test_images)), 2 * cfg.batch_size, cfg.bf16)
+    log.info("%s: %d epochs (best %d, %s), %.1f CPU-min, %.1f wall-min", name, epoch, best_epoch, stop_reason,
+             cpu_minutes, wall_minutes)
+    return BaselineResult(
+        probs=softmax(test_logits, calibration.temperature), epochs_run=epoch, best_epoch=best_epoch,
+        converged=stop_reason.startswith("early stopping"), cpu_minutes=cpu_minutes, wall_minutes=wall_minutes,
+        threads=torch.get_num_threads(), temperature=calibration.temperature, held_out=len(hold_idx),
+        best_held_out_nll=best_nll, stop_reason=stop_reason,
+    )

@@ -1,0 +1,303 @@
+"""The label-efficiency protocol: how good is each method with 1 %, 5 %, ... 100 % of the training labels?
+
+For every fraction and seed a patient-grouped, stratified sample of the training set is drawn (the same
+sample for every method, so methods are compared on identical labels). Heads on the frozen backbone
+(probe, kNN, MLP), last-block fine-tuning, and supervised baselines trained here from scratch are fitted
+on it, with all model selection and calibration done inside the sample, and scored on the test split,
+which no method ever sees before scoring. Results are written after every run, so an interrupted full run
+resumes where it stopped (``resume=True``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from orthofm.heads.embeddings import EmbeddingStore, read_pixels
+from orthofm.heads.finetune import FinetuneConfig, prefix_tokens, suffix_features, train_finetune
+from orthofm.heads.labels import LabeledSet, load_labels
+from orthofm.heads.runtime import default_cache_dir, default_model_dir
+from orthofm.heads.saved import TrainedHead
+from orthofm.heads.train import finish_head, fit_head
+from orthofm.models import Backbone
+from orthofm.utils.atomic import atomic_write_text
+
+from .baselines import BaselineConfig, load_image_tensors, train_baseline
+from .metrics import classification_metrics, confusion_matrix, reliability_bins
+from .splits import assert_disjoint_groups, sample_fraction
+
+__all__ = ["PRESETS", "ProtocolConfig", "run_protocol"]
+
+log = logging.getLogger(__name__)
+FEATURE_HEADS = ("probe", "knn", "mlp")
+ALL_METHODS = (*FEATURE_HEADS, "finetune")
+
+
+@dataclass
+class ProtocolConfig:
+    """Everything that defines one evaluation run (saved verbatim into the report)."""
+
+    train: str
+    test: str
+    out: str
+    weights: str | None = None
+    task: str = "task"
+    fractions: tuple[float, ...] = (0.01, 0.05, 0.10, 0.25, 0.50, 1.0)
+    seeds: int = 3
+    heads: tuple[str, ...] = ("probe", "knn", "mlp", "finetune")
+    head_fractions: dict[str, tuple[float, ...]] = field(default_factory=dict)  # per-method override
+    head_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    baselines: tuple[str, ...] = ("resnet18", "vit_random")
+    baseline_fractions: tuple[float, ...] = (0.10, 0.50, 1.0)
+    baseline_seeds: int = 3
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    ordinal: bool | None = None
+    max_train_images: int | None = None  # patient-grouped subsample of the training split (quick runs)
+    max_test_images: int | None = None
+    cache: str | None = None
+    batch_size: int = 32
+    resume: bool = True
+    reference: dict[str, float] = field(default_factory=dict)  # published numbers to compare against
+    command: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["baseline"] = asdict(self.baseline)
+        return d
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # minutes on a tiny backbone: CI / smoke test of the whole pipeline, numbers meaningless
+    "quick": {
+        "fractions": (0.25, 1.0), "seeds": 2, "heads": ("probe", "knn", "mlp", "finetune"),
+        "head_params": {"finetune": {"n_blocks": 1, "max_epochs": 2}, "probe": {"cs": (1e-3, 1e-1)},
+                        "mlp": {"max_epochs": 20}},
+        "baselines": ("resnet18", "vit_random"), "baseline_fractions": (1.0,), "baseline_seeds": 1,
+        "baseline": BaselineConfig(image_size=64, max_epochs=2, patience=1, batch_size=16),
+        "max_train_images": 160, "max_test_images": 80,
+    },
+    # the published protocol: 6 fractions x 3 seeds, every head, both baselines to convergence
+    "full": {
+        "fractions": (0.01, 0.05, 0.10, 0.25, 0.50, 1.0), "seeds": 3, "heads": ("probe", "knn", "mlp", "finetune"),
+        "head_fractions": {"finetune": (0.05, 0.25, 0.50, 1.0)},
+        "baselines": ("resnet18", "vit_random"), "baseline_fractions": (0.10, 0.50, 1.0), "baseline_seeds": 3,
+    },
+}
+
+
+def _grouped_cap(data: LabeledSet, n_max: int | None, seed: int) -> LabeledSet:
+    if n_max is None or len(data) <= n_max:
+        return data
+    idx = sample_fraction(data.y, data.patients, n_max / len(data), seed)
+    return data.subset(idx)
+
+
+def _run_key(method: str, fraction: float, seed: int) -> str:
+    return f"{method}|{fraction:g}|{seed}"
+
+
+class _Results:
+    """results.json kept up to date after every run (atomic), reloaded when resuming."""
+
+    def __init__(self, path: Path, config: ProtocolConfig, resume: bool) -> None:
+        self.path = path
+        self.data: dict[str, Any] = {"config": config.to_dict(), "runs": [], "predictions": {}}
+        if resume and path.is_file():
+            old = json.loads(path.read_text())
+            if old.get("config", {}).get("train") == config.train and old.get("config", {}).get("test") == config.test:
+                self.data["runs"] = old.get("runs", [])
+                self.data["predictions"] = old.get("predictions", {})
+                log.info("resuming: %d runs already in %s", len(self.data["runs"]), path)
+        self.done = {_run_key(r["method"], r["fraction"], r["seed"]) for r in self.data["runs"]}
+
+    def add(self, run: dict[str, Any], probs: np.ndarray | None = None, y_test: np.ndarray | None = None) -> None:
+        self.data["runs"].append(run)
+        self.done.add(_run_key(run["method"], run["fraction"], run["seed"]))
+        if probs is not None and run["seed"] == 0 and run["fraction"] in (0.5, 1.0):
+            self.data["predictions"][f"{run['method']}|{run['fraction']:g}"] = {
+                "probs": np.round(probs, 5).tolist(), "y": y_test.tolist()}
+        self.save()
+
+    def save(self) -> None:
+        atomic_write_text(self.path, json.dumps(self.data, indent=1, default=_json_default))
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+def _metrics(y: np.ndarray, probs: np.ndarray, ordinal: bool, head: TrainedHead | None = None) -> dict[str, Any]:
+    pred = head.decode(probs) if head is not None else probs.argmax(axis=1)
+    m = classification_metrics(y, probs, ordinal=ordinal, y_pred=pred)
+    m["confusion"] = confusion_matrix(y, pred, probs.shape[1]).tolist()
+    m["reliability"] = reliability_bins(y, probs).to_dict()
+    return m
+
+
+def _prefix_cache(backbone: Backbone, store: EmbeddingStore, paths: list[Path], n_blocks: int,
+                  batch_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Frozen-prefix tokens (bf16) for every image: computed once, shared by all fine-tuning runs."""
+    from tqdm.auto import tqdm
+
+    start = len(backbone.model.blocks) - n_blocks  # type: ignore[attr-defined]
+    chunks, grid = [], (0, 0)
+    for s in tqdm(range(0, len(paths), batch_size), desc="prefix tokens", unit="batch", leave=False):
+        x = torch.stack([store.prepare(read_pixels(p).array) for p in paths[s : s + batch_size]])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            t, grid = prefix_tokens(backbone, x, start)
+        chunks.append(t.to(torch.bfloat16))
+    return torch.cat(chunks), grid
+
+
+def run_protocol(config: ProtocolConfig, backbone: Backbone | None = None) -> dict[str, Any]:
+    """Run the protocol and write ``results.json`` + the report into ``config.out``; returns the results."""
+    from .report import write_report
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not config.command:
+        config = replace(config, command=" ".join(shlex.quote(a) for a in sys.argv))
+    weights = Path(config.weights) if config.weights else default_model_dir()
+    if backbone is None:
+        from orthofm.models import load_backbone  # type: ignore[attr-defined]
+
+        backbone = load_backbone(weights)
+    backbone.eval()
+    train = _grouped_cap(load_labels(config.train), config.max_train_images, seed=1234)
+    test = _grouped_cap(load_labels(config.test, classes=train.classes), config.max_test_images, seed=1234)
+    if train.classes != test.classes:
+        raise ValueError(f"train classes {train.classes} differ from test classes {test.classes}")
+    leaked = set(train.patients) & set(test.patients)
+    if leaked:
+        raise ValueError(f"{len(leaked)} patients are in both the training and the test split, e.g. {sorted(leaked)[:3]}")
+    ordinal = train.is_ordinal_like if config.ordinal is None else config.ordinal
+    k = len(train.classes)
+    y, y_test = train.y, test.y
+    store = EmbeddingStore(config.cache or default_cache_dir(), backbone, batch_size=config.batch_size)
+    log.info("protocol: %d train images (%d patients), %d test images, classes %s, ordinal=%s, backbone %s",
+             len(train), len(set(train.patients)), len(test), train.classes, ordinal, store.backbone_id)
+    t_embed = time.perf_counter()
+    x, x_test = store.embed_paths(train.paths), store.embed_paths(test.paths)
+    results = _Results(out / "results.json", config, config.resume)
+    results.data["setup"] = {
+        "backbone_id": store.backbone_id, "arch": backbone.arch, "weights": str(weights),
+        "n_train": len(train), "n_train_patients": len(set(train.patients)), "n_test": len(test),
+        "n_test_patients": len(set(test.patients)), "classes": train.classes, "ordinal": ordinal,
+        "train_class_counts": np.bincount(y, minlength=k).tolist(),
+        "test_class_counts": np.bincount(y_test, minlength=k).tolist(),
+        "embedding_seconds": time.perf_counter() - t_embed, "threads": torch.get_num_threads(),
+    }
+    plan = _plan(config)
+    log.info("protocol: %d runs planned (%d already done)", len(plan), sum(_run_key(*p) in results.done for p in plan))
+    bb_info = {"id": store.backbone_id, "arch": backbone.arch, "weights": str(weights)}
+    tokens = test_tokens = None
+    image_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    t_start = time.perf_counter()
+    todo = [p for p in plan if _run_key(*p) not in results.done]
+    for n_done, (method, fraction, seed) in enumerate(todo, start=1):
+        idx = sample_fraction(y, train.patients, fraction, seed)
+        sub_groups = [train.patients[i] for i in idx]
+        assert_disjoint_groups(train.patients + test.patients, idx, np.arange(len(train), len(train) + len(test)))
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        run: dict[str, Any] = {"method": method, "fraction": fraction, "seed": seed, "n_train": len(idx),
+                               "n_patients": len(set(sub_groups))}
+        head = None
+        if method in FEATURE_HEADS:
+            head = fit_head(x[idx], y[idx], sub_groups, train.classes, kind=method, task=config.task, ordinal=ordinal,
+                            seed=seed, backbone=bb_info, label_fraction=fraction,
+                            params=config.head_params.get(method))
+            probs = head.predict_proba(x_test)
+            run.update(params=head.card.params, calibration=head.card.calibration)
+        elif method == "finetune":
+            ft_cfg = FinetuneConfig(**config.head_params.get("finetune", {}))
+            if tokens is None:
+                tokens, grid = _prefix_cache(backbone, store, train.paths, ft_cfg.n_blocks, config.batch_size)
+                test_tokens, _ = _prefix_cache(backbone, store, test.paths, ft_cfg.n_blocks, config.batch_size)
+            ft, fit = train_finetune(backbone, tokens[torch.as_tensor(idx)], grid, y[idx], sub_groups, k,
+                                     ordinal=ordinal, config=ft_cfg, seed=seed)
+            head = finish_head(ft, fit, train.classes, task=config.task, ordinal=ordinal, decode="argmax",
+                               backbone=bb_info, data={}, label_fraction=fraction, seed=seed)
+            tuned = ft.backbone_for(backbone)
+            start = len(tuned.model.blocks) - ft_cfg.n_blocks  # type: ignore[attr-defined]
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+                feats = torch.cat([suffix_features(tuned, test_tokens[s : s + 64], start, grid).float()
+                                   for s in range(0, len(test_tokens), 64)]).numpy()
+            probs = head.predict_proba(feats)
+            run.update(params=head.card.params, calibration=head.card.calibration, fit=fit.info)
+        else:
+            size = config.baseline.image_size
+            if size not in image_cache:
+                pre = backbone.preprocess
+                image_cache[size] = (load_image_tensors(train.paths, size, pre.mean[0], pre.std[0]),
+                                     load_image_tensors(test.paths, size, pre.mean[0], pre.std[0]))
+            imgs, test_imgs = image_cache[size]
+            res = train_baseline(method, imgs[torch.as_tensor(idx)], y[idx], sub_groups, test_imgs, k,
+                                 arch=backbone.arch, ordinal=ordinal, config=config.baseline, seed=seed)
+            probs = res.probs
+            run.update(training=res.summary())
+        run["metrics"] = _metrics(y_test, probs, ordinal, head)
+        run["wall_seconds"] = time.perf_counter() - t0
+        run["cpu_seconds"] = time.process_time() - cpu0
+        results.add(run, probs, y_test)
+        elapsed = time.perf_counter() - t_start
+        log.info("[%d/%d] %s f=%g seed=%d: acc %.3f qwk %s (%.0f s; elapsed %.1f min)", n_done, len(todo), method,
+                 fraction, seed, run["metrics"]["accuracy"], f"{run['metrics'].get('qwk', float('nan')):.3f}",
+                 run["wall_seconds"], elapsed / 60)
+    results.data["summary"] = summarise(results.data["runs"])
+    results.save()
+    write_report(results.data, out)
+    return results.data
+
+
+def _plan(config: ProtocolConfig) -> list[tuple[str, float, int]]:
+    plan = []
+    for method in config.heads:
+        if method not in ALL_METHODS:
+            raise ValueError(f"unknown head {method!r}; choose from {ALL_METHODS}")
+        for f in config.head_fractions.get(method, config.fractions):
+            plan += [(method, float(f), s) for s in range(config.seeds)]
+    for method in config.baselines:
+        plan += [(method, float(f), s) for f in config.baseline_fractions for s in range(config.baseline_seeds)]
+    return plan
+
+
+SUMMARY_METRICS = ("accuracy", "macro_f1", "qwk", "qwk_expected_grade", "auroc", "auroc_ovr_macro", "ece", "nll")
+
+
+def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean, sample standard deviation, min/max and n over seeds for every (method, fraction)."""
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["method"], r["fraction"]), []).append(r)
+    rows = []
+    for (method, fraction), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        row: dict[str, Any] = {"method": method, "fraction": fraction, "n_seeds": len(rs),
+                               "n_train": float(np.mean([r["n_train"] for r in rs]))}
+        for m in SUMMARY_METRICS:
+            vals = [r["metrics"][m] for r in rs if m in r["metrics"]]
+            if vals:
+                row[m] = {"mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
+                          "min": float(np.min(vals)), "max": float(np.max(vals))}
+        cpu = [r.get("training", {}).get("cpu_minutes", r["cpu_seconds"] / 60) for r in rs]
+        row["cpu_minutes"] = {"mean": float(np.mean(cpu)), "total": float(np.sum(cpu))}
+        conv = [r["training"]["converged"] for r in rs if "training" in r]
+        if conv:
+            row["converged"] = f"{sum(conv)}/{len(conv)}"
+        rows.append(row)
+    return rows
+

@@ -1,0 +1,251 @@
+"""The evaluation report folder: ``summary.md``, three PNG figures and ``results.json`` (every number).
+
+The markdown answers the two questions the project is judged on, with the rule it used written next to
+the answer: does the backbone with 50 % of the labels match a ResNet-18 trained on 100 %, and how far is
+the best method from the published state of the art.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from orthofm.utils.atomic import atomic_path, atomic_write_text
+
+from .metrics import confusion_matrix, reliability_bins
+
+__all__ = ["PUBLISHED", "write_report"]
+
+PUBLISHED = {"OrthoFoundation ViT-L (full fine-tuning), KL accuracy": 0.7784}
+METHOD_NAMES = {"probe": "OrthoFM + logistic probe", "knn": "OrthoFM + weighted kNN", "mlp": "OrthoFM + MLP",
+                "finetune": "OrthoFM, last blocks fine-tuned", "resnet18": "ResNet-18 from scratch",
+                "vit_random": "same ViT from random init"}
+FM_METHODS = ("probe", "knn", "mlp", "finetune")
+
+
+def _fmt(cell: dict[str, float] | None, digits: int = 3) -> str:
+    if not cell:
+        return "–"
+    return f"{cell['mean']:.{digits}f} ± {cell['std']:.{digits}f}"
+
+
+def _row(summary: list[dict[str, Any]], method: str, fraction: float) -> dict[str, Any] | None:
+    return next((r for r in summary if r["method"] == method and abs(r["fraction"] - fraction) < 1e-9), None)
+
+
+def _answer_half_labels(summary: list[dict[str, Any]]) -> list[str]:
+    ref = _row(summary, "resnet18", 1.0)
+    if ref is None:
+        return ["- ResNet-18 at 100 % was not part of this run: the question cannot be answered from it."]
+    lines = [(f"- ResNet-18 from scratch, 100 % of the labels ({ref['n_seeds']} seeds): accuracy "
+             f"{_fmt(ref.get('accuracy'))}, QWK {_fmt(ref.get('qwk'))} (converged runs: {ref.get('converged', '?')}).")]
+    for method in FM_METHODS:
+        row = _row(summary, method, 0.5)
+        if row is None:
+            continue
+        verdicts = []
+        for metric in ("accuracy", "qwk"):
+            if metric not in row or metric not in ref:
+                continue
+            diff = row[metric]["mean"] - ref[metric]["mean"]
+            tol = max(row[metric]["std"], ref[metric]["std"])
+            verdict = "matches or beats" if diff >= -tol else "falls short of"
+            verdicts.append(f"{metric} {_fmt(row[metric])} ({diff:+.3f}; {verdict})")
+        lines.append(f"- {METHOD_NAMES[method]}, 50 % of the labels: " + "; ".join(verdicts) + ".")
+    lines.append("- Rule: *matches* when the mean is no lower than the ResNet-18 mean minus the larger of the "
+                 "two seed standard deviations.")
+    return lines
+
+
+def _answer_sota(summary: list[dict[str, Any]]) -> list[str]:
+    full = [r for r in summary if abs(r["fraction"] - 1.0) < 1e-9 and "accuracy" in r]
+    if not full:
+        return ["- No run used 100 % of the labels."]
+    best = max(full, key=lambda r: r["accuracy"]["mean"])
+    lines = []
+    for name, value in PUBLISHED.items():
+        gap = best["accuracy"]["mean"] - value
+        lines.append(f"- Best here at 100 %: {METHOD_NAMES.get(best['method'], best['method'])}, accuracy "
+                     f"{_fmt(best['accuracy'])}; {name}: {value:.3f} -> gap {gap:+.3f} "
+                     f"({100 * gap:+.1f} points). Different split and a ViT-L trained on 1.2 M knee images, "
+                     "so this is a distance, not a head-to-head comparison.")
+    return lines
+
+
+def _table(summary: list[dict[str, Any]]) -> list[str]:
+    head = ("| method | labels | n train | accuracy | macro-F1 | QWK | ECE | CPU-min / run |",
+            "|---|---|---|---|---|---|---|---|")
+    lines = list(head)
+    order = {m: i for i, m in enumerate((*FM_METHODS, "resnet18", "vit_random"))}
+    for r in sorted(summary, key=lambda r: (order.get(r["method"], 99), r["fraction"])):
+        lines.append(
+            f"| {METHOD_NAMES.get(r['method'], r['method'])} | {100 * r['fraction']:g} % | {r['n_train']:.0f} | "
+            f"{_fmt(r.get('accuracy'))} | {_fmt(r.get('macro_f1'))} | {_fmt(r.get('qwk'))} | {_fmt(r.get('ece'))} | "
+            f"{r['cpu_minutes']['mean']:.2f} |")
+    return lines
+
+
+def _baseline_lines(runs: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for r in runs:
+        t = r.get("training")
+        if not t:
+            continue
+        lines.append(f"| {METHOD_NAMES.get(r['method'], r['method'])} | {100 * r['fraction']:g} % | {r['seed']} | "
+                     f"{t['epochs_run']} | {t['best_epoch']} | {t['stop_reason']} | {t['cpu_minutes']:.1f} | "
+                     f"{t['wall_minutes']:.1f} |")
+    if not lines:
+        return []
+    return ["", "### Baseline training (early stopping on a held-out part of the training labels)", "",
+            "| baseline | labels | seed | epochs | best epoch | stopped by | CPU-min | wall-min |",
+            "|---|---|---|---|---|---|---|---|", *lines]
+
+
+def _figures(data: dict[str, Any], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary, setup = data["summary"], data.get("setup", {})
+    classes = setup.get("classes", [])
+    made = []
+    metrics = [m for m in ("accuracy", "qwk", "macro_f1") if any(m in r for r in summary)]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for method in sorted({r["method"] for r in summary}):
+            rows = sorted((r for r in summary if r["method"] == method and metric in r), key=lambda r: r["fraction"])
+            if not rows:
+                continue
+            xs = [100 * r["fraction"] for r in rows]
+            ys = [r[metric]["mean"] for r in rows]
+            es = [r[metric]["std"] for r in rows]
+            style = "--s" if method in ("resnet18", "vit_random") else "-o"
+            ax.errorbar(xs, ys, yerr=es, fmt=style, capsize=3, label=METHOD_NAMES.get(method, method))
+        ax.set_xscale("log")
+        ax.set_xlabel("training labels used (%)")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Label efficiency (mean ± SD over seeds)")
+    fig.tight_layout()
+    made.append(_save(fig, out / "label_efficiency.png"))
+    plt.close(fig)
+
+    preds = data.get("predictions", {})
+    chosen = _reference_predictions(summary, preds)
+    if chosen:
+        fig, axes = plt.subplots(1, len(chosen), figsize=(4.5 * len(chosen), 4), squeeze=False)
+        for ax, (key, p) in zip(axes[0], chosen):
+            probs, y = np.asarray(p["probs"]), np.asarray(p["y"])
+            cm = confusion_matrix(y, probs.argmax(axis=1), probs.shape[1])
+            norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+            ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+            for i in range(cm.shape[0]):
+                for j in range(cm.shape[1]):
+                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
+                            color="white" if norm[i, j] > 0.5 else "black")
+            ticks = classes or [str(i) for i in range(cm.shape[0])]
+            ax.set_xticks(range(len(ticks)), ticks)
+            ax.set_yticks(range(len(ticks)), ticks)
+            ax.set_xlabel("predicted")
+            ax.set_ylabel("true")
+            ax.set_title(_label(key), fontsize=9)
+        fig.tight_layout()
+        made.append(_save(fig, out / "confusion_matrix.png"))
+        plt.close(fig)
+
+        fig, ax = plt.subplots(figsize=(5, 5))
+        ax.plot([0, 1], [0, 1], "k:", lw=1)
+        for key, p in chosen:
+            bins = reliability_bins(np.asarray(p["y"]), np.asarray(p["probs"]))
+            used = bins.count > 0
+            ax.plot(bins.confidence[used], bins.accuracy[used], "o-", label=_label(key))
+        ax.set_xlabel("confidence (top class)")
+        ax.set_ylabel("accuracy")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=7)
+        ax.set_title("Reliability (15 equal-width bins)")
+        fig.tight_layout()
+        made.append(_save(fig, out / "reliability.png"))
+        plt.close(fig)
+    return made
+
+
+def _label(key: str) -> str:
+    method, fraction = key.split("|")
+    return f"{METHOD_NAMES.get(method, method)}, {100 * float(fraction):g} %"
+
+
+def _reference_predictions(summary: list[dict[str, Any]], preds: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The best OrthoFM method at 100 % and the ResNet-18 at 100 % (seed 0), when present."""
+    fm = [r for r in summary if r["method"] in FM_METHODS and abs(r["fraction"] - 1.0) < 1e-9 and "accuracy" in r]
+    keys = []
+    if fm:
+        keys.append(f"{max(fm, key=lambda r: r['accuracy']['mean'])['method']}|1")
+    keys.append("resnet18|1")
+    return [(k, preds[k]) for k in keys if k in preds]
+
+
+def _save(fig, path: Path) -> str:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    return path.name
+
+
+def write_report(data: dict[str, Any], out: str | Path) -> Path:
+    """Write ``summary.md`` + figures next to ``results.json`` in ``out``; returns the markdown path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary, setup, config = data["summary"], data.get("setup", {}), data["config"]
+    figures = _figures(data, out)
+    lines = [
+        f"# Label efficiency: {config.get('task', 'task')}",
+        "",
+        "Made by:",
+        "",
+        "```",
+        config.get("command", ""),
+        "```",
+        "",
+        (f"Backbone `{setup.get('backbone_id')}` ({setup.get('weights')}); train {setup.get('n_train')} images / "
+        f"{setup.get('n_train_patients')} patients (class counts {setup.get('train_class_counts')}), test "
+        f"{setup.get('n_test')} images / {setup.get('n_test_patients')} patients (class counts "
+        f"{setup.get('test_class_counts')}); ordinal={setup.get('ordinal')}; torch threads {setup.get('threads')}."),
+        "",
+        ("Protocol: for each label fraction and seed, whole patients are drawn (stratified by their highest grade); "
+        "every method sees the same sample. Hyper-parameters (C, k, epochs) and the calibration temperature come "
+        "from the sample only (grouped cross-validation or a grouped held-out part); the test split is used "
+        "only for scoring. Values are mean ± sample SD over seeds."),
+        "",
+        "## Answers",
+        "",
+        "**Does OrthoFM with 50 % of the labels match a ResNet-18 trained on 100 %?**",
+        "",
+        *_answer_half_labels(summary),
+        "",
+        "**How far from the published state of the art?**",
+        "",
+        *_answer_sota(summary),
+        "",
+        "## Results",
+        "",
+        *_table(summary),
+        *_baseline_lines(data["runs"]),
+        "",
+        "## Figures",
+        "",
+        *[f"![{name}]({name})" for name in figures],
+        "",
+        "All numbers, per run and per seed, with the full configuration: `results.json`.",
+        "",
+    ]
+    path = out / "summary.md"
+    atomic_write_text(path, "\n".join(lines))
+    if not (out / "results.json").exists():
+        atomic_write_text(out / "results.json", json.dumps(data, indent=1))
+    return path

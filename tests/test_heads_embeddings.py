@@ -1,0 +1,113 @@
+"""Embedding store: keyed by content + backbone, cache hits return identical features without the backbone."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from orthofm.heads.embeddings import EmbeddingStore, backbone_id, content_hash
+from orthofm.heads.features import pool_tokens
+from orthofm.models import PreprocessConfig, create_backbone
+
+SIZE = 32
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: on the shared 2-core machine two threads under load were ~25x slower (measured)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_backbone(seed: int = 0):
+    torch.manual_seed(seed)
+    return create_backbone("vit_tiny_patch16_dinov3_qkvb", img_size=SIZE,
+                           preprocess=PreprocessConfig(input_size=SIZE)).eval()
+
+
+@pytest.fixture(scope="module")
+def bb():
+    return tiny_backbone(0)
+
+
+@pytest.fixture(scope="module")
+def knees(shared_data):
+    return sorted((shared_data / "knee_kl" / "val" / "2").glob("*.png"))[:6]
+
+
+def test_features_are_cls_and_mean_patch(tmp_path, knees, bb) -> None:
+    store = EmbeddingStore(tmp_path, bb, dtype=torch.float32, progress=False)
+    feats = store.embed_paths(knees[:2])
+    assert feats.shape == (2, 2 * bb.embed_dim) and feats.dtype == np.float32
+    with torch.no_grad():
+        x = torch.stack([store.prepare(np.asarray(Image.open(p), dtype=np.float32)) for p in knees[:2]])
+        out = bb.forward_features(x)
+    expected = torch.cat([out["cls"], out["patches"].mean(dim=(1, 2))], dim=1).numpy()
+    np.testing.assert_allclose(feats, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(pool_tokens(out).numpy(), expected, rtol=1e-6)
+
+
+def test_cache_hit_is_identical_and_skips_the_backbone(tmp_path, knees, bb) -> None:
+    bb = copy.deepcopy(bb)
+    store = EmbeddingStore(tmp_path, bb, progress=False)
+    first = store.embed_paths(knees)
+    assert store.stats.computed == len(knees) and store.stats.hits == 0
+    assert len(list(store.folder.rglob("*.npy"))) == len(knees)
+
+    def explode(x):
+        raise AssertionError("backbone called on a cache hit")
+
+    fresh = EmbeddingStore(tmp_path, bb, progress=False)  # a new process would see the same files
+    bb.forward_features = explode  # type: ignore[method-assign]
+    again = fresh.embed_paths(knees)
+    assert np.array_equal(first, again)
+    assert fresh.stats.hits == len(knees) and fresh.stats.computed == 0
+
+
+def test_key_is_content_not_name(tmp_path, knees, bb) -> None:
+    copy = tmp_path / "renamed.png"
+    shutil.copy(knees[0], copy)
+    assert content_hash(copy) == content_hash(knees[0])
+    assert content_hash(knees[1]) != content_hash(knees[0])
+    store = EmbeddingStore(tmp_path / "store", bb, progress=False)
+    a = store.embed_paths([knees[0]])
+    b = store.embed_paths([copy])
+    assert np.array_equal(a, b) and store.stats.hits == 1
+
+
+def test_other_weights_other_entries(tmp_path, knees, bb) -> None:
+    a, b = bb, copy.deepcopy(bb)
+    with torch.no_grad():
+        b.model.norm.bias.add_(0.5)  # a change in one tensor
+    assert backbone_id(a) != backbone_id(b)
+    assert backbone_id(a) == backbone_id(copy.deepcopy(a))
+    sa = EmbeddingStore(tmp_path, a, progress=False)
+    sb = EmbeddingStore(tmp_path, b, progress=False)
+    assert sa.folder != sb.folder
+    assert not np.allclose(sa.embed_paths(knees[:1]), sb.embed_paths(knees[:1]), atol=1e-3)
+    assert sb.stats.computed == 1
+
+
+def test_corrupt_entry_is_recomputed(tmp_path, knees, bb) -> None:
+    store = EmbeddingStore(tmp_path, bb, progress=False)
+    ref = store.embed_paths(knees[:1])
+    entry = next(store.folder.rglob("*.npy"))
+    entry.write_bytes(b"torn")
+    again = store.embed_paths(knees[:1])
+    assert np.array_equal(ref, again) and store.stats.computed == 2
+
+
+def test_mri_series_is_one_averaged_vector(tmp_path, shared_data, bb) -> None:
+    series = shared_data / "knee_mri_dess"
+    store = EmbeddingStore(tmp_path, bb, progress=False, max_volume_slices=4)
+    vec = store.embed_paths([series])
+    assert vec.shape == (1, 2 * 192) and np.all(np.isfinite(vec))
+    files = sorted(series.glob("*.dcm"))
+    assert content_hash(list(reversed(files))) == content_hash(series)  # order of the files does not matter
