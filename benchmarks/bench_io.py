@@ -1,0 +1,150 @@
+"""Decode + preprocess throughput of ``orthofm.io`` beside the model's forward pass: is I/O ever the bottleneck?
+
+Rows (``value`` in images/s, higher is better):
+- ``io_<case>``: ``read_image`` + ``prepare_2d`` (224 px) per radiograph, or ``read_image`` of the whole
+  24-slice knee MRI series + ``prepare_volume_slices`` of all 24 slices (value in slices/s);
+  ``reference`` = ViT-S/16 ``forward_features`` throughput on the same number of 224 px inputs in bfloat16
+  (batch 1 for a radiograph, batch 24 for the MRI); ``ratio`` = I/O rate / model rate, so > 1 means one
+  decoding worker outpaces the model on this CPU (I/O is not the bottleneck), < 1 means it is.
+- ``io_header_reject_bomb``: time to reject a PNG whose header claims 400 MP (header check only).
+- ``io_write_mri_heatmap_nrrd``: ``write_like`` of a float heatmap on the MRI grid (gzip NRRD).
+I/O and forward are timed in alternation (median of REPEATS) so load from other jobs hits both.
+"""
+
+from __future__ import annotations
+
+import statistics
+import struct
+import tempfile
+import time
+import warnings
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from orthofm.io import ImageReadError, prepare_2d, prepare_volume_slices, read_image, write_like
+from orthofm.utils.runtime import configure_threads
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+REPEATS = 5
+ARCH = "vit_small_patch16_dinov3_qkvb"
+
+
+def _cases() -> dict[str, tuple[object, int]]:
+    """name -> (source, images per read)."""
+    from pydicom.data import get_testdata_file
+
+    cases: dict[str, tuple[object, int]] = {
+        "cr_1760_uncompressed": (get_testdata_file("RG3_UNCR.dcm"), 1),
+        "cr_1760_j2k_lossless": (get_testdata_file("RG3_J2KR.dcm"), 1),
+        "cr_1760_j2k_lossy": (get_testdata_file("RG3_J2KI.dcm"), 1),
+    }
+    if SHARED.is_dir():
+        cases["hip_331_j2k_rgb"] = (min((SHARED / "hip_xray").glob("*.dcm")), 1)
+        cases["knee_png_224"] = (min((SHARED / "knee_kl" / "val" / "3").glob("*.png")), 1)
+        cases["mri_series_24x512x512"] = (SHARED / "knee_mri_dess", 24)
+    return cases
+
+
+def _io_fn(source: object, n_images: int) -> Callable[[], None]:
+    def run() -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            record = read_image(source)
+        if n_images > 1:
+            prepare_volume_slices(record, size=224).tensors()
+        else:
+            prepare_2d(record.array, 224)
+
+    return run
+
+
+def _timed(fn: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _bomb_png(path: Path) -> Path:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 20_000, 20_000, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"\x00" * 64) + chunk(b"IEND", b""))
+    return path
+
+
+def run() -> list[dict]:
+    threads = configure_threads()
+    from orthofm.models import create_backbone
+
+    torch.manual_seed(0)
+    model = create_backbone(ARCH).eval().to(torch.bfloat16)
+    rows: list[dict] = []
+    for case, (source, n_images) in _cases().items():
+        x = torch.randn(n_images, 3, 224, 224, dtype=torch.bfloat16)
+
+        def forward(x: torch.Tensor = x) -> None:
+            with torch.inference_mode():
+                model.forward_features(x)
+
+        io = _io_fn(source, n_images)
+        io()  # warm-up: lazy imports, decoder plugins, allocator
+        forward()
+        io_s, fw_s = [], []
+        for _ in range(REPEATS):
+            io_s.append(_timed(io))
+            fw_s.append(_timed(forward))
+        io_rate = n_images / statistics.median(io_s)
+        fw_rate = n_images / statistics.median(fw_s)
+        unit = "slices/s" if n_images > 1 else "images/s"
+        rows.append({
+            "name": f"io_{case}",
+            "value": round(io_rate, 2),
+            "unit": unit,
+            "reference": round(fw_rate, 2),
+            "ratio": round(io_rate / fw_rate, 2),
+            "notes": f"read_image + {'prepare_volume_slices (all slices)' if n_images > 1 else 'prepare_2d'} at "
+                     f"224 px, one worker; reference = {ARCH} forward_features bf16, batch {n_images}; "
+                     f"ratio > 1: I/O faster than the model; median of {REPEATS}, interleaved; {threads} threads",
+        })  # fmt: skip
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bomb = _bomb_png(Path(tmp) / "bomb.png")
+
+        def reject() -> None:
+            try:
+                read_image(bomb)
+            except ImageReadError:
+                return
+            raise AssertionError("bomb was not rejected")
+
+        reject()
+        t = statistics.median(_timed(reject) for _ in range(REPEATS * 4))
+        rows.append({
+            "name": "io_header_reject_bomb", "value": round(t * 1000, 3), "unit": "ms", "reference": None,
+            "ratio": None, "notes": "PNG header claims 20000x20000 (400 MP > 100 MP limit): rejected from the IHDR, "
+                                    "no decoding", "higher_is_better": False,
+        })  # fmt: skip
+        if SHARED.is_dir():
+            record = read_image(SHARED / "knee_mri_dess")
+            heat = np.random.default_rng(0).random(record.shape, dtype=np.float32)
+            out = Path(tmp) / "heat.nrrd"
+            write_like(heat, record, out)
+            t = statistics.median(_timed(lambda: write_like(heat, record, out)) for _ in range(REPEATS))
+            rows.append({
+                "name": "io_write_mri_heatmap_nrrd", "value": round(t * 1000, 1), "unit": "ms", "reference": None,
+                "ratio": None, "higher_is_better": False,
+                "notes": f"write_like float32 heatmap 24x512x512 (random values: worst case for gzip) as NRRD gzip "
+                         f"level 1, atomic; {out.stat().st_size / 1e6:.1f} MB",
+            })  # fmt: skip
+    return rows
+
+
+if __name__ == "__main__":
+    for row in run():
+        print(row)
