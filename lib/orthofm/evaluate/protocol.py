@@ -78,7 +78,7 @@ class ProtocolConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     # minutes on a tiny backbone: CI / smoke test of the whole pipeline, numbers meaningless
     "quick": {
-        "fractions": (0.25, 1.0), "seeds": 2, "heads": ("probe", "knn", "mlp", "finetune"),
+        "fractions": (0.5, 1.0), "seeds": 2, "heads": ("probe", "knn", "mlp", "finetune"),
         "head_params": {"finetune": {"n_blocks": 1, "max_epochs": 2}, "probe": {"cs": (1e-3, 1e-1)},
                         "mlp": {"max_epochs": 20}},
         "baselines": ("resnet18", "vit_random"), "baseline_fractions": (1.0,), "baseline_seeds": 1,

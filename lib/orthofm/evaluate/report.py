@@ -40,7 +40,7 @@ def _answer_half_labels(summary: list[dict[str, Any]]) -> list[str]:
     ref = _row(summary, "resnet18", 1.0)
     if ref is None:
         return ["- ResNet-18 at 100 % was not part of this run: the question cannot be answered from it."]
-    lines = [(f"- ResNet-18 from scratch, 100 % of the labels ({ref['n_seeds']} seeds): accuracy "
+    lines = [(f"- ResNet-18 from scratch, 100 % of the labels (seeds: {ref['n_seeds']}): accuracy "
              f"{_fmt(ref.get('accuracy'))}, QWK {_fmt(ref.get('qwk'))} (converged runs: {ref.get('converged', '?')}).")]
     for method in FM_METHODS:
         row = _row(summary, method, 0.5)
@@ -126,6 +126,9 @@ def _figures(data: dict[str, Any], out: Path) -> list[str]:
             style = "--s" if method in ("resnet18", "vit_random") else "-o"
             ax.errorbar(xs, ys, yerr=es, fmt=style, capsize=3, label=METHOD_NAMES.get(method, method))
         ax.set_xscale("log")
+        ticks = sorted({100 * r["fraction"] for r in summary})
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("training labels used (%)")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)

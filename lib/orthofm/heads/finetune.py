@@ -102,7 +102,7 @@ def apply_finetuned_blocks(backbone: Backbone, arrays: dict[str, np.ndarray]) ->
             name = key[len("backbone."):]
             if name not in params or tuple(params[name].shape) != value.shape:
                 raise ValueError(f"fine-tuned parameter {name!r} {value.shape} does not fit backbone {backbone.arch}")
-            params[name].copy_(torch.as_tensor(value))
+            params[name].copy_(torch.as_tensor(value).to(params[name].dtype))
     return tuned.eval()
 
 
@@ -248,7 +248,9 @@ def train_finetune(
     out = FinetuneHead(n_classes, ordinal=ordinal, n_blocks=cfg.n_blocks)
     out.weight = head.weight.detach().numpy().astype(np.float32)
     out.bias = head.bias.detach().numpy().astype(np.float32)
-    out.block_arrays = {f"backbone.{n}": p.detach().float().numpy() for n, p in model.named_parameters() if n in names}
+    # float16 like the OrthoFM backbone files: half the size, and the head in memory already uses the stored values
+    out.block_arrays = {f"backbone.{n}": p.detach().to(torch.float16).numpy()
+                        for n, p in model.named_parameters() if n in names}
     out.settings = {k: v for k, v in asdict(cfg).items() if k != "n_blocks"}
     out.settings["epochs"] = best[1] if len(hold_idx) else epoch
     calib = evaluate(hold_idx).double().numpy() if len(hold_idx) else np.zeros((0, n_classes))

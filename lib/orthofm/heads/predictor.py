@@ -91,8 +91,10 @@ class GradePredictor:
         """Load the backbone (default model folder) and its head ``<model>/heads/<task>/`` (or ``head_dir``)."""
         from orthofm.models import load_backbone  # type: ignore[attr-defined]
 
+        from .train import heads_dir
+
         model_dir = Path(weights) if weights else default_model_dir()
-        folder = Path(head_dir) if head_dir else model_dir / "heads" / task
+        folder = Path(head_dir) if head_dir else heads_dir(model_dir, task)
         if not folder.exists():
             raise FileNotFoundError(f"no head for task {task!r} at {str(folder)!r}; train one with "
                                     f"`orthofm train-head --task {task} --labels ...`")

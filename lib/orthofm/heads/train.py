@@ -30,7 +30,10 @@ from .probe import LogisticProbe
 from .runtime import default_cache_dir, default_model_dir
 from .saved import HeadCard, TrainedHead
 
-__all__ = ["FEATURE_HEAD_KINDS", "TrainHeadConfig", "fit_head", "make_head", "selection_score", "train_task_head"]
+__all__ = [
+    "FEATURE_HEAD_KINDS", "TrainHeadConfig", "finish_head", "fit_head", "heads_dir", "make_head", "selection_score",
+    "train_task_head",
+]
 
 log = logging.getLogger(__name__)
 FEATURE_HEAD_KINDS: dict[str, type[FeatureHead]] = {"probe": LogisticProbe, "knn": KNNHead, "mlp": MLPHead}
@@ -99,6 +102,12 @@ class TrainHeadConfig:
     head_params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+def heads_dir(weights: str | os.PathLike[str], task: str) -> Path:
+    """Where a task's head lives by default: ``<model folder>/heads/<task>`` (beside a weights file too)."""
+    w = Path(weights)
+    return (w if w.is_dir() else w.parent) / "heads" / task
+
+
 def _backbone_info(store: EmbeddingStore, weights: Path) -> dict[str, Any]:
     return {"id": store.backbone_id, "arch": store.backbone.arch, "weights": str(weights),
             "input_size": int(store.backbone.preprocess.input_size)}
@@ -158,7 +167,7 @@ def train_task_head(cfg: TrainHeadConfig, backbone: Backbone | None = None) -> t
     if len(candidates) > 1:
         best.card.data["selected_from"] = {t.card.kind: s for s, t in candidates}
         best.card.data["selected_on"] = "val" if val is not None else "training labels (out-of-sample)"
-    out = Path(cfg.out) if cfg.out else weights / "heads" / cfg.task
+    out = Path(cfg.out) if cfg.out else heads_dir(weights, cfg.task)
     best.save(out)
     log.info("saved %s head (%s) to %s", cfg.task, best.card.kind, out)
     return best, out
