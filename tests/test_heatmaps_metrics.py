@@ -1,0 +1,110 @@
+"""Anomaly metrics on hand-made cases whose answers are known exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from orthofm.evaluate.anomaly_metrics import aupro, auroc, image_auroc, pixel_auroc, pro_curve, spearman
+
+
+def test_auroc_known_values_and_ties():
+    assert auroc([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1]) == 1.0
+    assert auroc([0.9, 0.8, 0.2, 0.1], [0, 0, 1, 1]) == 0.0
+    # one positive tied with one negative: 3 of 4 pairs won, 1 tied -> (3 + 0.5) / 4
+    assert auroc([0.1, 0.5, 0.5, 0.9], [0, 0, 1, 1]) == pytest.approx(0.875)
+    rng = np.random.default_rng(0)
+    s, y = rng.normal(size=500).round(1), rng.integers(0, 2, 500)
+    assert auroc(s, y) == pytest.approx(roc_auc_score(y, s))
+    assert image_auroc(list(s), list(y)) == pytest.approx(roc_auc_score(y, s))
+
+
+def test_auroc_rejects_single_class_and_nan():
+    with pytest.raises(ValueError, match="both classes"):
+        auroc([0.1, 0.2], [1, 1])
+    with pytest.raises(ValueError, match="NaN"):
+        auroc([np.nan, 0.2], [0, 1])
+    with pytest.raises(ValueError, match="differ in length"):
+        auroc([0.1, 0.2, 0.3], [0, 1])
+
+
+def _two_region_case():
+    mask = np.zeros((10, 10), dtype=bool)
+    mask[1:3, 1:3] = True  # region A (4 px)
+    mask[6:9, 6:9] = True  # region B (9 px)
+    return mask
+
+
+def test_pixel_auroc_perfect_inverted_and_list_input():
+    mask = _two_region_case()
+    perfect = mask.astype(float)
+    assert pixel_auroc(perfect, mask) == 1.0
+    assert pixel_auroc(1 - perfect, mask) == 0.0
+    assert pixel_auroc([perfect, perfect], [mask, mask]) == 1.0
+    with pytest.raises(ValueError, match="shape"):
+        pixel_auroc([perfect[:5]], [mask])
+
+
+def test_aupro_perfect_and_half_detected():
+    mask = _two_region_case()
+    assert aupro(mask.astype(float), mask) == pytest.approx(1.0)
+    # region A scores highest, region B never above background: PRO = 0.5 from FPR 0 on,
+    # and 1.0 only once every normal pixel is admitted (FPR 1 > 0.3) -> AUPRO = 0.5
+    score = np.zeros((10, 10))
+    score[mask] = 0.0
+    score[1:3, 1:3] = 1.0
+    score[~mask] = 0.5
+    assert aupro(score, mask) == pytest.approx(0.5)
+
+
+def test_aupro_region_weighting_is_per_region_not_per_pixel():
+    # the small region fully found, the big one not: PRO counts regions equally (0.5), while the pixel
+    # fraction found would be 4/13
+    mask = _two_region_case()
+    score = np.where(mask, 0.0, 0.5)
+    score[1:3, 1:3] = 1.0
+    fpr, pro = pro_curve(score, mask)
+    assert pro[1] == pytest.approx(0.5) and fpr[1] == 0.0
+
+
+def test_aupro_linear_interpolation_at_max_fpr():
+    # a single anomalous pixel that scores like the lowest normal: found only when all normals are admitted
+    # -> PRO rises linearly? No: tied scores enter at once, so the curve jumps (0,0) -> (1, 1);
+    # interpolating at FPR 0.3 gives PRO 0.3 and the area up to 0.3 is 0.3*0.3/2 -> normalised 0.15
+    mask = np.zeros((4, 4), dtype=bool)
+    mask[0, 0] = True
+    score = np.ones((4, 4))
+    assert aupro(score, mask) == pytest.approx(0.15)
+
+
+def test_aupro_stack_of_images_counts_regions_across_images():
+    m1 = np.zeros((6, 6), dtype=bool)
+    m1[1:3, 1:3] = True
+    m2 = np.zeros((6, 6), dtype=bool)
+    m2[3:5, 3:5] = True
+    good = m1.astype(float)
+    bad = np.where(m2, 0.0, 0.5)
+    assert aupro(np.stack([good, bad]), np.stack([m1, m2])) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="at least one ground-truth region"):
+        aupro(np.zeros((6, 6)), np.zeros((6, 6), dtype=bool))
+
+
+def test_spearman():
+    assert spearman([1, 2, 3, 4], [0, 1, 2, 3]) == pytest.approx(1.0)
+    assert spearman([4, 3, 2, 1], [0, 1, 2, 3]) == pytest.approx(-1.0)
+    with pytest.raises(ValueError):
+        spearman([1, 2], [1, 2])
+
+
+def test_paired_bootstrap_gain_detects_a_real_improvement_only():
+    from orthofm.evaluate.heatmap_eval import paired_bootstrap_gain
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(60), np.ones(60)].astype(int)
+    weak = y + rng.normal(scale=2.0, size=y.size)
+    strong = y + rng.normal(scale=0.3, size=y.size)
+    better = paired_bootstrap_gain(strong, {"a": weak, "b": weak[::-1].copy()}, y, n=300)
+    assert better["gain"] > 0.2 and better["helps"] and better["ci95_low"] > 0
+    same = paired_bootstrap_gain(weak, {"a": weak}, y, n=300)
+    assert same["gain"] == 0 and not same["helps"]
