@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import signal
@@ -21,9 +22,14 @@ import sys
 import tempfile
 import time
 import types
+import zipfile
 from pathlib import Path
 
+import nibabel as nib
+import nrrd
 import numpy as np
+import pydicom
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 APP_DIR = REPO / "monailabel_app"
@@ -32,6 +38,103 @@ MONAI_RSS_MB = 1242.0  # MONAI Label 0.8.5 sample app with a ViT-S after warm-up
 MONAI_HTTP_RATIO = 1.03
 SIZES = (1_000, 10_000, 100_000)
 TARGET_S = {1_000: 0.5, 10_000: 1.0, 100_000: 10.0}
+
+
+# -- the bad-input corpus (shared with tests/test_reliability_inputs.py) ---------------------------------------
+def _pydicom_file(name: str) -> Path:
+    from pydicom.data import get_testdata_file
+
+    found = get_testdata_file(name, download=False)
+    if not found:
+        raise FileNotFoundError(f"{name} missing from pydicom-data (pinned in requirements.txt)")
+    return Path(found)
+
+
+def png_bytes(w: int, h: int, mode: str = "L") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, (w, h), 0).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def _png_header_only(w: int, h: int) -> bytes:
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return b"\x89PNG\r\n\x1a\n" + chunk + b"\x00" * 64
+
+
+def dicom_bytes(ds: pydicom.Dataset) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, write_like_original=False)
+    return buf.getvalue()
+
+
+def mr_dataset() -> pydicom.Dataset:
+    return pydicom.dcmread(str(_pydicom_file("MR2_UNCR.dcm")))
+
+
+def _nifti(arr: np.ndarray) -> bytes:
+    img = nib.Nifti1Image(arr, np.eye(4))
+    return gzip.compress(img.to_bytes())
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def bad_input_corpus(shared_data: Path) -> list[tuple[str, bytes, int, str]]:
+    """(name, upload bytes, expected status, a word the error must contain)."""
+    png = (min((shared_data / "knee_kl" / "train" / "0").iterdir())).read_bytes()
+    jpg = io.BytesIO()
+    Image.open(io.BytesIO(png)).convert("L").save(jpg, format="JPEG", quality=90)
+    cr = _pydicom_file("RG3_UNCR.dcm").read_bytes()
+    no_pixels = mr_dataset()
+    del no_pixels.PixelData
+    jpeg_ls = mr_dataset()
+    jpeg_ls.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.80"  # JPEG-LS: no decoder installed here
+    jpeg_ls.PixelData = pydicom.encaps.encapsulate([jpeg_ls.PixelData])
+    lying = mr_dataset()
+    lying.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.90"  # says JPEG 2000, holds raw pixels
+    lying.PixelData = pydicom.encaps.encapsulate([b"\x00" * 64])
+    huge_dicom = mr_dataset()
+    huge_dicom.Rows, huge_dicom.Columns = 60000, 60000
+    series = sorted((shared_data / "knee_mri_dess").glob("*.dcm"))[:3]
+    mixed = {f"s{i}.dcm": p.read_bytes() for i, p in enumerate(series)}
+    mixed["other.dcm"] = _pydicom_file("MR2_UNCR.dcm").read_bytes()
+    nan = np.zeros((8, 8, 4), np.float32)
+    nan[2, 2, 2] = np.nan
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "vec.nrrd"
+        kinds = {"kinds": ["vector", "domain", "domain", "domain"]}
+        nrrd.write(str(path), np.zeros((3, 8, 8, 4), np.float32), kinds)
+        vec_nrrd = io.BytesIO(path.read_bytes())
+    return [
+        ("empty", b"", 415, "empty"),
+        ("text", b"patient notes, not an image\n" * 20, 415, "text"),
+        ("zip of text", _zip({"a.txt": b"hello", "b.txt": b"world"}), 415, "not DICOM"),
+        ("truncated png", png[: len(png) // 3], 415, ""),
+        ("truncated jpeg", jpg.getvalue()[: len(jpg.getvalue()) // 2], 415, ""),
+        ("truncated dicom", cr[: len(cr) // 2], 415, ""),
+        ("dicom without pixels", dicom_bytes(no_pixels), 415, "pixel"),
+        ("unsupported transfer syntax", dicom_bytes(jpeg_ls), 415, "transfer syntax"),
+        ("lying transfer syntax", dicom_bytes(lying), 415, ""),
+        ("absurd png header", _png_header_only(100_000, 100_000), 413, "megapixels"),
+        ("absurd dicom header", dicom_bytes(huge_dicom), 413, "megapixels"),
+        ("bomb 13000^2 png", png_bytes(13000, 13000), 413, "megapixels"),
+        ("bomb 8000^2 png below PIL's limit", png_bytes(8000, 8000), 413, "megapixels"),
+        ("4d nifti", _nifti(np.zeros((8, 8, 4, 3), np.float32)), 415, "4D"),
+        ("vector nrrd", vec_nrrd.getvalue(), 415, ""),
+        ("nan volume", _nifti(nan), 415, "non-finite"),
+        ("mixed mri series", _zip(mixed), 415, "series"),
+        ("zip bomb", _zip({"x.dcm": b"\0" * (50 * 1024 * 1024)}), 413, ""),
+    ]
+
 
 
 def _row(name, value, unit, reference=None, notes="", higher_is_better=False) -> dict:
@@ -62,15 +165,18 @@ def _jitter(png: bytes, seed: int) -> bytes:
 
 
 class _Server:
-    def __init__(self, studies: Path, work: Path) -> None:
+    def __init__(self, studies: Path, work: Path, conf: dict[str, str] | None = None) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [str(Path(sys.executable).parent / "orthofm"), "serve", "--studies", str(studies), "--app",
                str(APP_DIR), "--port", str(self.port), "--conf", "embed_on_ingest", "false"]
-        env = {**os.environ, "ORTHOFM_TMPDIR": str(work / "tmp"), "OMP_NUM_THREADS": "1"}
-        self.log = open(work / "server.log", "wb")  # noqa: SIM115 - closed in stop()
+        for k, v in (conf or {}).items():
+            cmd += ["--conf", k, v]
+        self.tmpdir = work / "tmp"
+        env = {**os.environ, "ORTHOFM_TMPDIR": str(self.tmpdir), "OMP_NUM_THREADS": "1"}
+        self.log = open(work / "server.log", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
     def wait(self, timeout: float = 600) -> None:
@@ -92,6 +198,12 @@ class _Server:
         import psutil
 
         return psutil.Process(self.proc.pid).memory_info().rss / 2**20
+
+    def kill9(self) -> None:
+        with __import__("contextlib").suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self.log.close()
 
     def stop(self) -> None:
         try:
@@ -217,8 +329,164 @@ def _probe_head(rng: np.random.Generator):
     return fit_head(x, y, [str(i) for i in range(200)], [f"KL{i}" for i in range(5)], kind="probe", ordinal=True)
 
 
+LOAD_CLIENT = """
+import json, sys, time, httpx
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+url, folder, clients, per = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+files = sorted(folder.glob("*.png"))
+def worker(w):
+    out = []
+    with httpx.Client(base_url=url, timeout=600) as c:
+        for i in range(per):
+            data = files[(w * per + i) % len(files)].read_bytes()
+            t0 = time.perf_counter()
+            r = c.post("/infer/embedding", files={"file": ("x.png", data)})
+            out.append(((time.perf_counter() - t0) * 1000, r.status_code))
+    return out
+t0 = time.perf_counter()
+with ThreadPoolExecutor(clients) as pool:
+    res = [x for xs in pool.map(worker, range(clients)) for x in xs]
+print(json.dumps({"wall": time.perf_counter() - t0, "ms": [r[0] for r in res], "codes": [r[1] for r in res]}))
+"""
+
+
+def _load(url: str, folder: Path, clients: int, per: int) -> dict:
+    import json
+
+    p = subprocess.run([sys.executable, "-c", LOAD_CLIENT, url, str(folder), str(clients), str(per)],
+                       capture_output=True, text=True, check=True, timeout=3600)
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def _tree(root: Path, skip: tuple[str, ...] = (".orthofm", ".lock")) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.relative_to(root).parts[0] not in skip}
+
+
+def bench_reliability(trials: int = 3) -> list[dict]:
+    """Issue 10's table: bad inputs, stray files, /info under load, throughput by clients, SIGKILL losses."""
+    import json
+    import threading
+
+    import httpx
+
+    png = _sample_image()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-rel-") as tmp:
+        work = Path(tmp)
+        studies = work / "studies"
+        studies.mkdir()
+        for i in range(5):
+            (studies / f"knee{i}.png").write_bytes(_jitter(png, i))
+        jit = work / "jitter"
+        jit.mkdir()
+        for i in range(64):
+            (jit / f"{i:03d}.png").write_bytes(_jitter(png, 500 + i))
+        srv = _Server(studies, work, {"max_upload_mb": "8"})
+        try:
+            srv.wait()
+            url = srv.url
+            httpx.post(url + "/infer/embedding", files={"file": ("x.png", png)}, timeout=300).raise_for_status()
+            # bad inputs: each corpus file as an upload to the datastore and as an inference input
+            if (SHARED / "data" / "knee_kl").is_dir():
+                before_s, before_t = _tree(studies), _tree(srv.tmpdir)
+                corpus = bad_input_corpus(SHARED / "data")
+                good = 0
+                for _, data, status, _ in corpus:
+                    a = httpx.put(url + "/datastore/image?image=bad", files={"file": ("x.png", data)}, timeout=300)
+                    b = httpx.post(url + "/infer/embedding", files={"file": ("x.dcm", data)}, timeout=300)
+                    good += (a.status_code == status) + (b.status_code == status)
+                stray = len(_tree(studies) ^ before_s) + len(
+                    {t for t in _tree(srv.tmpdir) ^ before_t if not t.startswith("torchinductor")})
+                rows.append(_row("bad_inputs_answered_4xx", good, "requests", 2 * len(corpus),
+                                 f"{len(corpus)} malformed files x (upload, infer); MONAI Label 0.8.5: 0 (all 500)",
+                                 higher_is_better=True))
+                rows.append(_row("bad_inputs_stray_files", stray, "files", None,
+                                 "left in studies + temp folders; MONAI Label 0.8.5 leaves one per failed upload"))
+            # /info while 24 uploads are inferred by 8 clients in another process
+            lat: list[float] = []
+            burst = subprocess.Popen([sys.executable, "-c", LOAD_CLIENT, url, str(jit), "8", "3"],
+                                     stdout=subprocess.PIPE, text=True)
+            with httpx.Client(base_url=url, timeout=60) as c:
+                time.sleep(0.5)
+                while burst.poll() is None:
+                    t0 = time.perf_counter()
+                    c.get("/info/").raise_for_status()
+                    lat.append((time.perf_counter() - t0) * 1000)
+                    time.sleep(0.02)
+            burst.communicate()
+            rows.append(_row("info_p95_during_infer_burst", float(np.percentile(lat, 95)), "ms", 50.0,
+                             f"n={len(lat)}; target 50 ms; MONAI Label 0.8.5: /info p50 650 ms in such a burst"))
+            for clients, per in ((1, 12), (4, 6), (16, 3)):
+                res = _load(url, jit, clients, per)
+                ok = sum(c == 200 for c in res["codes"])
+                rows.append(_row(f"throughput_{clients}_clients", ok / res["wall"], "req/s", None,
+                                 f"{clients}x{per} POST /infer/embedding uploads; errors {len(res['codes']) - ok}",
+                                 higher_is_better=True))
+                rows.append(_row(f"latency_p50_{clients}_clients", float(np.percentile(res["ms"], 50)), "ms"))
+                rows.append(_row(f"latency_p95_{clients}_clients", float(np.percentile(res["ms"], 95)), "ms"))
+            # kill -9 during label saves: acknowledged labels must all survive
+            lost = unreadable = empty = acked_total = 0
+            for trial in range(trials):
+                acked: dict = {}
+                stop = threading.Event()
+
+                def burst_saves(w: int, trial: int = trial, acked: dict = acked, stop=stop,
+                                base: str = srv.url) -> None:
+                    i = 0
+                    with httpx.Client(base_url=base, timeout=10) as c:
+                        while not stop.is_set():
+                            img, tag = f"knee{(w + i) % 5}", f"t{trial}w{w}n{i}"
+                            data = json.dumps({"label": f"KL{i % 5}", "pad": "x" * (i % 50) * 40}).encode()
+                            try:
+                                r = c.put("/datastore/label", params={"image": img, "tag": tag},
+                                          files={"label": ("l.json", data)})
+                            except httpx.HTTPError:
+                                return
+                            if r.status_code == 200:
+                                acked[(img, tag)] = data
+                            i += 1
+
+                threads = [threading.Thread(target=burst_saves, args=(w,)) for w in range(4)]
+                for t in threads:
+                    t.start()
+                deadline = time.monotonic() + 120
+                while len(acked) < 40 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                srv.kill9()
+                stop.set()
+                for t in threads:
+                    t.join()
+                acked_total += len(acked)
+                try:
+                    objects = json.loads((studies / "datastore_v2.json").read_text())["objects"]
+                except ValueError:
+                    unreadable += 1
+                    objects = {}
+                srv = _Server(studies, work, {"max_upload_mb": "8"})
+                srv.wait()
+                objects = httpx.get(srv.url + "/datastore/?output=all", timeout=60).json()["objects"]
+                for (img, tag), data in acked.items():
+                    f = studies / "labels" / tag / f"{img}.json"
+                    if tag not in objects.get(img, {}).get("labels", {}) or not f.is_file() or f.read_bytes() != data:
+                        lost += 1
+                for img, obj in objects.items():
+                    for tag, lab in obj["labels"].items():
+                        f = studies / "labels" / tag / f"{img}{lab['ext']}"
+                        empty += int(not f.is_file() or f.stat().st_size == 0)
+            rows.append(_row("sigkill_acknowledged_labels_lost", lost, "labels", None,
+                             f"{trials} kill -9 trials during 4-client label bursts, {acked_total} acknowledged; "
+                             "MONAI Label 0.8.5: JSON emptied in 10/12 kills with a large datastore"))
+            rows.append(_row("sigkill_json_unreadable", unreadable, "trials", None, "datastore JSON unparsable after kill"))
+            rows.append(_row("sigkill_zero_byte_labels_registered", empty, "labels", None,
+                             "MONAI Label 0.8.5: 2/12 kills left one"))
+        finally:
+            srv.stop()
+    return rows
+
+
 def run() -> list[dict]:
-    return bench_next_sample() + bench_infer()
+    return bench_next_sample() + bench_infer() + bench_reliability()
 
 
 if __name__ == "__main__":

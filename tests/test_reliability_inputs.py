@@ -9,23 +9,18 @@ de-identification on ingest and a configured CORS origin.
 from __future__ import annotations
 
 import copy
-import gzip
-import io
 import json
 import os
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import httpx
-import nibabel as nib
-import nrrd
-import numpy as np
 import pydicom
 import pytest
-from PIL import Image
-from test_app_harness import ORTHOFM, ServerProcess, build_studies, free_port, pydicom_file
+from test_app_harness import ORTHOFM, ServerProcess, build_studies, free_port
+
+from benchmarks.bench_app import bad_input_corpus, dicom_bytes, mr_dataset, png_bytes
 
 TOKEN = "test-token-0123456789abcdef"
 ORIGIN = "http://viewer.example.org"
@@ -64,95 +59,9 @@ def snapshot(env) -> dict:
     return {"files": files, "json": (studies / "datastore_v2.json").read_bytes(), "tmp": tmp}
 
 
-# -- the corpus ------------------------------------------------------------------------------------------
-def _png_bytes(w: int, h: int, mode: str = "L") -> bytes:
-    buf = io.BytesIO()
-    Image.new(mode, (w, h), 0).save(buf, format="PNG", optimize=True)
-    return buf.getvalue()
-
-
-def _png_header_only(w: int, h: int) -> bytes:
-    import struct
-    import zlib
-
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
-    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    return b"\x89PNG\r\n\x1a\n" + chunk + b"\x00" * 64
-
-
-def _dicom_bytes(ds: pydicom.Dataset) -> bytes:
-    buf = io.BytesIO()
-    ds.save_as(buf, write_like_original=False)
-    return buf.getvalue()
-
-
-def _mr() -> pydicom.Dataset:
-    return pydicom.dcmread(str(pydicom_file("MR2_UNCR.dcm")))
-
-
-def _nifti(arr: np.ndarray) -> bytes:
-    img = nib.Nifti1Image(arr, np.eye(4))
-    return gzip.compress(img.to_bytes())
-
-
-def _zip(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
-
-
-def build_corpus(shared_data: Path) -> list[tuple[str, bytes, int, str]]:
-    """(name, upload bytes, expected status, a word the error must contain)."""
-    png = (min((shared_data / "knee_kl" / "train" / "0").iterdir())).read_bytes()
-    jpg = io.BytesIO()
-    Image.open(io.BytesIO(png)).convert("L").save(jpg, format="JPEG", quality=90)
-    cr = pydicom_file("RG3_UNCR.dcm").read_bytes()
-    no_pixels = _mr()
-    del no_pixels.PixelData
-    jpeg_ls = _mr()
-    jpeg_ls.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.80"
-    lying = _mr()
-    lying.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.90"  # says JPEG 2000, holds raw pixels
-    lying.PixelData = pydicom.encaps.encapsulate([b"\x00" * 64])
-    huge_dicom = _mr()
-    huge_dicom.Rows, huge_dicom.Columns = 60000, 60000
-    series = sorted((shared_data / "knee_mri_dess").glob("*.dcm"))[:3]
-    mixed = {f"s{i}.dcm": p.read_bytes() for i, p in enumerate(series)}
-    mixed["other.dcm"] = pydicom_file("MR2_UNCR.dcm").read_bytes()
-    nan = np.zeros((8, 8, 4), np.float32)
-    nan[2, 2, 2] = np.nan
-    vec_nrrd = io.BytesIO()
-    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"vec-{os.getpid()}.nrrd"
-    nrrd.write(str(path), np.zeros((3, 8, 8, 4), np.float32), {"kinds": ["vector", "domain", "domain", "domain"]})
-    vec_nrrd.write(path.read_bytes())
-    path.unlink()
-    return [
-        ("empty", b"", 415, "empty"),
-        ("text", b"patient notes, not an image\n" * 20, 415, "text"),
-        ("zip of text", _zip({"a.txt": b"hello", "b.txt": b"world"}), 415, "not DICOM"),
-        ("truncated png", png[: len(png) // 3], 415, ""),
-        ("truncated jpeg", jpg.getvalue()[: len(jpg.getvalue()) // 2], 415, ""),
-        ("truncated dicom", cr[: len(cr) // 2], 415, ""),
-        ("dicom without pixels", _dicom_bytes(no_pixels), 415, "pixel"),
-        ("unsupported transfer syntax", _dicom_bytes(jpeg_ls), 415, "transfer syntax"),
-        ("lying transfer syntax", _dicom_bytes(lying), 415, ""),
-        ("absurd png header", _png_header_only(100_000, 100_000), 413, "megapixels"),
-        ("absurd dicom header", _dicom_bytes(huge_dicom), 413, "megapixels"),
-        ("bomb 13000^2 png", _png_bytes(13000, 13000), 413, "megapixels"),
-        ("bomb 8000^2 png below PIL's limit", _png_bytes(8000, 8000), 413, "megapixels"),
-        ("4d nifti", _nifti(np.zeros((8, 8, 4, 3), np.float32)), 415, "4D"),
-        ("vector nrrd", vec_nrrd.getvalue(), 415, ""),
-        ("nan volume", _nifti(nan), 415, "non-finite"),
-        ("mixed mri series", _zip(mixed), 415, "series"),
-        ("zip bomb", _zip({"x.dcm": b"\0" * (50 * 1024 * 1024)}), 413, ""),
-    ]
-
-
 @pytest.fixture(scope="module")
 def corpus(shared_data: Path):
-    return build_corpus(shared_data)
+    return bad_input_corpus(shared_data)
 
 
 def check_error(r: httpx.Response, status: int, word: str = "") -> dict:
@@ -218,7 +127,7 @@ def test_bad_label_files(env) -> None:
     before = snapshot(env)
     for data, status, word in ((b"", 415, "empty"), (b"not an image, not json", 415, "text"),
                                (b'{"grade": 2}', 422, '"label"'), (b'{"label": true}', 422, '"label"'),
-                               (_png_bytes(50, 60), 422, "does not match"),
+                               (png_bytes(50, 60), 422, "does not match"),
                                (b"\x89PNG\r\n\x1a\n" + b"\0" * 30, 415, "")):
         check_error(http.put("/datastore/label", params={"image": png, "tag": "final"},
                              files={"label": ("l.bin", data)}), status, word)
@@ -297,18 +206,18 @@ def test_non_loopback_bind_without_token_is_refused(tmp_path: Path) -> None:
 
 def test_no_patient_identifiers_in_logs_errors_or_stored_files(env) -> None:
     http: httpx.Client = env["http"]
-    ds = _mr()
+    ds = mr_dataset()
     for k, v in PHI.items():
         setattr(ds, k, v)
     ds.InstitutionName = "Saint Janeforty Hospital"
-    good = _dicom_bytes(ds)
+    good = dicom_bytes(ds)
     r = http.put("/datastore/image", params={"image": "phi_case"}, files={"file": ("Doe_Janeforty.dcm", good)})
     assert r.status_code == 200, r.text
     bad = copy.deepcopy(ds)
     del bad.PixelData
     bodies = [check_error(http.put("/datastore/image", params={"image": "phi_bad"},
-                                   files={"file": ("x.dcm", _dicom_bytes(bad))}), 415)]
-    bodies.append(check_error(http.post("/infer/embedding", files={"file": ("x.dcm", _dicom_bytes(bad))}), 415))
+                                   files={"file": ("x.dcm", dicom_bytes(bad))}), 415)]
+    bodies.append(check_error(http.post("/infer/embedding", files={"file": ("x.dcm", dicom_bytes(bad))}), 415))
     trunc = good[: len(good) - 1000]
     bodies.append(check_error(http.post("/infer/embedding", files={"file": ("x.dcm", trunc)}), 415))
     r = http.post("/infer/embedding", params={"image": "phi_case"})

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import io
 import json
-import threading
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -49,30 +50,36 @@ def jitter(png: bytes, seed: int) -> bytes:
     return buf.getvalue()
 
 
-def test_info_stays_fast_during_an_inference_burst_and_requests_batch(env) -> None:
+BURST = """
+import sys, httpx
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+url, folder = sys.argv[1], Path(sys.argv[2])
+files = sorted(folder.glob("*.png"))
+def one(p):
+    return httpx.post(url + "/infer/embedding", files={"file": ("x.png", p.read_bytes())}, timeout=300).status_code
+with ThreadPoolExecutor(8) as pool:
+    codes = list(pool.map(one, files))
+print(sum(c == 200 for c in codes), len(codes))
+"""
+
+
+def test_info_stays_fast_during_an_inference_burst_and_requests_batch(env, tmp_path: Path) -> None:
     url = env["srv"].url
     assert upload_infer(url, env["pngs"][0]).status_code == 200  # warm-up: model loaded
-    stop = threading.Event()
+    for i in range(24):
+        (tmp_path / f"{i:02d}.png").write_bytes(jitter(env["pngs"][i % 5], i))
+    # the burst comes from another process, so this process's GIL does not inflate the /info timings
+    burst = subprocess.Popen([sys.executable, "-c", BURST, url, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     latencies: list[float] = []
-
-    def poll() -> None:
-        with httpx.Client(base_url=url, timeout=30) as c:
-            while not stop.is_set():
-                t0 = time.perf_counter()
-                assert c.get("/info/").status_code == 200
-                latencies.append((time.perf_counter() - t0) * 1000)
-                time.sleep(0.02)
-
-    poller = threading.Thread(target=poll)
-    poller.start()
-    try:
-        with ThreadPoolExecutor(8) as pool:
-            codes = list(pool.map(lambda i: upload_infer(url, jitter(env["pngs"][i % 5], i)).status_code,
-                                  range(24)))
-    finally:
-        stop.set()
-        poller.join()
-    assert codes == [200] * 24
+    with httpx.Client(base_url=url, timeout=30) as c:
+        time.sleep(0.5)
+        while burst.poll() is None:
+            t0 = time.perf_counter()
+            assert c.get("/info/").status_code == 200
+            latencies.append((time.perf_counter() - t0) * 1000)
+            time.sleep(0.02)
+    assert burst.stdout.read().split() == ["24", "24"]
     p95 = float(np.percentile(latencies, 95))
     assert len(latencies) >= 20
     assert p95 < P95_INFO_MS, f"/info p95 {p95:.1f} ms during the burst (n={len(latencies)})"

@@ -88,6 +88,9 @@ class FeatureBatcher:
         return batch, stop
 
     def _loop(self) -> None:
+        from lib.server.http_app import lower_thread_priority
+
+        lower_thread_priority(5)
         while True:
             first = self._queue.get()
             if first is None:

@@ -206,6 +206,9 @@ class BackgroundEmbedder:
             self._thread.join(timeout=10)
 
     def _loop(self) -> None:
+        from lib.server.http_app import lower_thread_priority
+
+        lower_thread_priority(10)  # background work: below inference, far below the event loop
         while not self._stop.is_set():
             try:
                 n = self.runtime.sync_embeddings(self.app.datastore(), compute=True, budget=self.batch,

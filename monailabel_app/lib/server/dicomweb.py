@@ -87,8 +87,16 @@ class OrthoDICOMWebDatastore(DICOMWebDatastore, OrthoDatastore):
 
 
 def make_dicomweb_datastore(url: str) -> OrthoDICOMWebDatastore:
+    session = None
+    user = settings.MONAI_LABEL_DATASTORE_USERNAME or settings.MONAI_LABEL_DICOMWEB_USERNAME
+    password = settings.MONAI_LABEL_DATASTORE_PASSWORD or settings.MONAI_LABEL_DICOMWEB_PASSWORD
+    if user and password:
+        from dicomweb_client.session_utils import create_session_from_user_pass
+
+        session = create_session_from_user_pass(user, password)
     client = DICOMwebClientX(
         url=url,
+        session=session,
         qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
         wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
         stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX,

@@ -332,8 +332,11 @@ def probe_series(folder: Path, settings: ServerSettings) -> Probe:
         raise PayloadTooLarge(f"series of {len(files)} files; at most {MAX_SERIES_FILES}")
     series, matrix = set(), set()
     frames = 0
-    for p in files:
-        probe = probe_file(p)
+    for i, p in enumerate(files):
+        try:
+            probe = probe_file(p)
+        except UnsupportedMedia as exc:
+            raise UnsupportedMedia(f"series member {i + 1} is not DICOM: {exc.message}") from None
         if probe.kind != "dicom":
             raise UnsupportedMedia(f"series member {p.name} is not DICOM ({probe.kind})")
         series.add(probe.notes.get("series", ""))

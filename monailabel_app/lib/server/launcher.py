@@ -112,6 +112,9 @@ def serve(spec: LaunchSpec) -> int:
     install_log_filters(settings.log_level)
     from .http_app import create_app
 
+    # Hand the GIL over every 1 ms instead of 5: the event loop (/info, /health, routing) then waits at most a
+    # few ms behind the inference threads' Python code instead of several 5 ms slices per busy thread.
+    sys.setswitchinterval(0.001)
     app = create_app(settings)
     config = uvicorn.Config(
         app,

@@ -36,7 +36,7 @@ def _reject_pathlike(value: str, what: str) -> None:
     if len(value) > 256:
         raise InvalidParams(f"{what} is longer than 256 characters")
     if any(c in value for c in ("/", "\\", "\x00")) or value in (".", "..") or value.startswith("~"):
-        raise NotFound(f"{what} {_printable(value)!r} is not a datastore id (paths are not accepted)")
+        raise NotFound(f"{what} is not a datastore id: paths are not accepted")  # no echo of the path
     if any(ord(c) < 32 for c in value):
         raise InvalidParams(f"{what} {_printable(value)!r} contains control characters")
 
