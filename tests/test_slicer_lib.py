@@ -309,3 +309,33 @@ def test_gzip_write_is_deterministic():
     a = np.ones((1, 2, 2), np.uint8)
     assert write_nrrd(a, geom) == write_nrrd(a, geom)
     assert gzip.decompress(write_nrrd(a, geom).split(b"\n\n", 1)[1]) == a.tobytes()
+
+
+def test_series_zip_is_extracted_flat_and_traversal_is_refused(tmp_path):
+    import zipfile
+
+    from OrthoFMLib.errors import OrthoFMError
+    from OrthoFMLib.workflow import extract_series
+
+    good = tmp_path / "s.zip"
+    with zipfile.ZipFile(good, "w") as zf:
+        zf.writestr("IM1.dcm", b"a")
+        zf.writestr("sub/IM2.dcm", b"b")
+    folder = extract_series(good, tmp_path / "series")
+    assert sorted(p.name for p in folder.iterdir()) == ["IM1.dcm", "IM2.dcm"] and not good.exists()
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("../escape.dcm", b"x")
+    with pytest.raises(OrthoFMError, match="unsafe entry"):
+        extract_series(bad, tmp_path / "bad")
+    assert not (tmp_path / "escape.dcm").exists()
+
+
+def test_plain_label_map_takes_segments_from_the_reply():
+    geom = Geometry()
+    data = write_nrrd(np.array([[[0, 1, 2]]], np.uint8), geom)
+    reply = {"segments": [{"name": "bone", "value": 1, "color": [0.9, 0.9, 0.8]},
+                          {"name": "soft", "value": 2, "color": [0.8, 0.4, 0.4]}]}
+    seg = parse_segmentation(data, reply)
+    assert [(s.name, s.value, s.color) for s in seg.segments] == [("bone", 1, (0.9, 0.9, 0.8)),
+                                                                  ("soft", 2, (0.8, 0.4, 0.4))]

@@ -78,7 +78,7 @@ class OrthoFMClient:
     """One server connection setting; every request opens its own short-lived HTTP connection.
 
     ``timeout`` bounds connecting and every wait for data on ordinary calls; ``infer_timeout`` bounds
-    the wait for an inference reply (the server runs one inference at a time, so replies can queue).
+    the wait for an inference reply (a busy server queues inference requests; 3-D tasks take longer).
     """
 
     def __init__(self, url: str, token: str | None = None, *, timeout: float = 30.0,
@@ -403,9 +403,9 @@ class OrthoFMClient:
                     "Check the address.", url=self.url) from exc
             except (socket.timeout, TimeoutError) as exc:  # noqa: UP041 (distinct types before Python 3.10)
                 raise OrthoFMTimeoutError(
-                    f"The server at {self.url} did not answer within {timeout:.0f} s while {what}. It may be busy "
-                    "(it runs one inference at a time) or unreachable; try again or raise the timeout in the "
-                    "OrthoFM settings.", url=self.url) from exc
+                    f"The server at {self.url} did not answer within {timeout:g} s while {what}. It may be busy "
+                    "(requests queue behind running inferences) or unreachable; try again or raise the timeout in "
+                    "the OrthoFM settings.", url=self.url) from exc
             except ssl.SSLError as exc:
                 raise OrthoFMConnectionError(f"TLS error talking to {self.url}: {exc}. Check the URL scheme "
                                              "(http or https) and the server certificate.", url=self.url) from exc
@@ -451,18 +451,22 @@ class OrthoFMClient:
 
 # ====================================================================================== helpers
 def _error_detail(resp: HttpResponse) -> str:
+    """The server's reason: FastAPI's ``detail`` (text or validation list), plus a request id if it sent one."""
     text = resp.body.decode("utf-8", errors="replace").strip()
     try:
         payload = json.loads(text)
     except json.JSONDecodeError:
         return text[:500]
-    if isinstance(payload, dict) and "detail" in payload:
-        detail = payload["detail"]
-        if isinstance(detail, list):  # FastAPI validation errors
-            return "; ".join(f"{'.'.join(str(x) for x in d.get('loc', []))}: {d.get('msg', d)}"
-                             if isinstance(d, dict) else str(d) for d in detail)
-        return str(detail)
-    return text[:500]
+    if not isinstance(payload, dict) or "detail" not in payload:
+        return text[:500]
+    detail = payload["detail"]
+    if isinstance(detail, list):  # FastAPI validation errors
+        message = "; ".join(f"{'.'.join(str(x) for x in d.get('loc', []))}: {d.get('msg', d)}"
+                            if isinstance(d, dict) else str(d) for d in detail)
+    else:
+        message = str(detail)
+    request_id = payload.get("request_id") or resp.headers.get("x-request-id")
+    return f"{message} (request id {request_id})" if request_id and resp.status >= 500 else message
 
 
 def _wait_readable(conn: http.client.HTTPConnection, timeout: float, cancel: threading.Event | None,

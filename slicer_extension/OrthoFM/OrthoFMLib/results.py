@@ -234,7 +234,7 @@ def parse_segmentation(data: bytes, payload: dict[str, Any] | None = None, task:
         array = rounded.astype(np.int32)
     else:
         array = image.array
-    segments = _segments_from_header(image)
+    segments = _segments_from_header(image) or _segments_from_json(payload.get("segments"))
     if not segments:
         names = label_mapping(labels if labels is not None else payload.get("label_names"))
         index_to_name = {i: n for n, i in names.items()}
@@ -245,6 +245,21 @@ def parse_segmentation(data: bytes, payload: dict[str, Any] | None = None, task:
                     for v in values]
     return SegmentationResult(task=task, array=array, geometry=image.geometry, segments=segments,
                               file_data=data, file_name=file_name, raw=payload)
+
+
+def _segments_from_json(items: Any) -> list[Segment]:
+    """OrthoFM's reply lists ``segments`` as ``[{"name", "value", "color"}]``; use them for plain label maps."""
+    if not isinstance(items, list):
+        return []
+    out = []
+    for n, item in enumerate(items):
+        if not isinstance(item, dict) or "name" not in item or "value" not in item:
+            return []
+        color = item.get("color")
+        rgb = tuple(float(c) for c in color[:3]) if isinstance(color, list) and len(color) >= 3 \
+            else segment_color(str(item["name"]), n + 1)
+        out.append(Segment(str(item["name"]), int(item["value"]), rgb, 0, f"Segment_{int(item['value'])}"))  # type: ignore[arg-type]
+    return out
 
 
 def _segments_from_header(image: NrrdImage) -> list[Segment]:
@@ -293,13 +308,16 @@ def parse_infer_response(response: InferResponse, task_info: TaskInfo | None = N
                 f"Task '{task}' returned a '{name}' file; the extension reads NRRD results. Ask for "
                 "result_extension '.nrrd' in the task parameters.")
         image = read_nrrd(response.file_data, source=f"{task} result")
-        declared = task_info.kind if task_info else ""
+        declared = str(payload.get("result_kind", "")).lower() or (task_info.kind if task_info else "")
         if np.issubdtype(image.array.dtype, np.floating) and declared != "segmentation":
             return parse_heatmap(response.file_data, payload, task)
         if declared == "heatmap":
             return parse_heatmap(response.file_data, payload, task)
         return parse_segmentation(response.file_data, payload, task, labels, name)
     inner = payload.get("result") if isinstance(payload.get("result"), dict) else payload
+    declared_kind = str(payload.get("result_kind", "")).lower()
+    if declared_kind == "embedding":
+        return parse_embedding(payload, task)
     if "prediction" in payload or "probabilities" in payload or (task_info and task_info.kind == "classification"):
         return parse_classification(payload, task, labels)
     if any(k in inner for k in ("embedding", "features", "vector")):

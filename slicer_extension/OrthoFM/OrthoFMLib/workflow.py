@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import threading
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,9 +59,15 @@ class LocalVolume:
 
 @dataclass
 class NextSample:
+    """The image to label next; ``path`` is a file, or a folder of DICOM files for a series."""
+
     image_id: str
     path: Path
     info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_series(self) -> bool:
+        return self.path.is_dir()
 
 
 class AnnotationSession:
@@ -153,6 +161,8 @@ class AnnotationSession:
             return None
         image_id = str(sample["id"])
         path = self.client.download_image(image_id, dest_dir, cancel=cancel, progress=progress)
+        if path.suffix.lower() == ".zip":  # a DICOM series comes as a zip of its files
+            path = extract_series(path, Path(dest_dir) / image_id)
         return NextSample(image_id=image_id, path=path, info=sample)
 
     # ------------------------------------------------------------------------------------------ labels
@@ -183,15 +193,26 @@ class AnnotationSession:
                                       cancel=cancel, progress=progress)
 
     # ------------------------------------------------------------------------------------------ training
-    def train(self, task: str | None = None, params: dict[str, Any] | None = None, *, wait: bool = True,
-              on_status: Callable[[dict[str, Any]], None] | None = None,
+    def train(self, task: str | None = None, params: dict[str, Any] | None = None, *, epochs: int | None = None,
+              wait: bool = True, on_status: Callable[[dict[str, Any]], None] | None = None,
               cancel: threading.Event | None = None, timeout: float | None = None) -> dict[str, Any]:
-        """Start training ``task`` and (by default) poll until it ends; returns the final run record."""
+        """Start training ``task`` and (by default) poll until it ends; returns the final run record.
+
+        ``epochs`` is sent under the name the trainer's config uses (``max_epochs`` or ``epochs``) and only
+        if it has one: servers that validate parameters refuse unknown keys.
+        """
         task = task or self.parameters.train_task
-        if self.info is not None and task not in self.info.trainers:
-            offered = ", ".join(sorted(self.info.trainers)) or "none"
-            raise OrthoFMError(f"The server has no trainer '{task}' (trainers: {offered}).")
-        request = {"max_epochs": self.parameters.train_max_epochs}
+        config: dict[str, Any] = {}
+        if self.info is not None:
+            if task not in self.info.trainers:
+                offered = ", ".join(sorted(self.info.trainers)) or "none"
+                raise OrthoFMError(f"The server has no trainer '{task}' (trainers: {offered}).")
+            config = self.info.trainers[task]
+        request: dict[str, Any] = {}
+        if epochs is not None:
+            key = next((k for k in ("max_epochs", "epochs") if k in config), None)
+            if key is not None:
+                request[key] = int(epochs)
         request.update(params or {})
         record = self.client.train_start(task, request, cancel=cancel)
         if not wait:
@@ -226,6 +247,23 @@ def encode_labelmap(labelmap: np.ndarray, geometry: Geometry,
         kv[f"Segment{n}_Layer"] = "0"
     label_info = [{"name": s.name, "idx": s.value, "color": list(s.color)} for s in segments]
     return write_nrrd(a.astype(dtype), geometry, encoding="gzip", key_values=kv), label_info
+
+
+def extract_series(archive: Path, folder: Path) -> Path:
+    """Unpack a zipped DICOM series into ``folder`` (flat; entries that would escape it are refused)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(archive) as zf:
+        for member in zf.infolist():
+            if member.is_dir():
+                continue
+            name = Path(member.filename).name
+            if not name or name.startswith(".") or member.filename.startswith("/") or ".." in Path(
+                    member.filename).parts:
+                raise OrthoFMError(f"The series archive from the server has an unsafe entry: {member.filename!r}")
+            with zf.open(member) as src, open(folder / name, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    archive.unlink()
+    return folder
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
