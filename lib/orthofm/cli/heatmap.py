@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from pathlib import Path
 
@@ -115,6 +116,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.set_defaults(func=run_evaluate)
 
 
+def _quiet_faiss() -> None:
+    """faiss logs its CPU-feature probing at INFO on import; users do not need it on every run."""
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+
+
 def _backbone_arg(args: argparse.Namespace) -> str:
     backbone = args.backbone or _default_backbone()
     if backbone is None:
@@ -123,6 +129,7 @@ def _backbone_arg(args: argparse.Namespace) -> str:
 
 
 def run_heatmaps(args: argparse.Namespace) -> int:
+    _quiet_faiss()  # before faiss is imported
     from orthofm.heatmaps import HeatmapConfig, create_engine
     from orthofm.heatmaps.batch import run_folder
     from orthofm.utils.runtime import configure_threads
@@ -145,6 +152,7 @@ def run_heatmaps(args: argparse.Namespace) -> int:
 
 
 def run_build_bank(args: argparse.Namespace) -> int:
+    _quiet_faiss()  # before faiss is imported
     from orthofm.heatmaps import BankBuildConfig
     from orthofm.heatmaps.build import build_bank_from_folder
     from orthofm.utils.runtime import configure_threads
@@ -170,6 +178,7 @@ def run_build_bank(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    _quiet_faiss()  # before faiss is imported
     from orthofm.evaluate.heatmap_eval import HeatmapEvalConfig, evaluate_from_paths
     from orthofm.utils.runtime import configure_threads
 

@@ -9,6 +9,7 @@ most 4096 values, which any retraining or fine-tuning changes.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import torch
 
@@ -16,12 +17,10 @@ __all__ = ["backbone_fingerprint", "backbone_id"]
 
 
 def backbone_id(backbone: torch.nn.Module) -> str:
-    """A human-readable name: the model card's id when the loader set one, else the architecture."""
-    for attr in ("model_id", "name", "arch"):
-        value = getattr(backbone, attr, None)
-        if isinstance(value, str) and value:
-            return value
-    return type(backbone).__name__
+    """A human-readable name: ``<weights folder or file> (<arch>)`` for loaded weights, else the arch."""
+    arch = getattr(backbone, "arch", None) or type(backbone).__name__
+    path = getattr(getattr(backbone, "weights_info", None), "path", None)
+    return f"{Path(str(path)).name} ({arch})" if path else str(arch)
 
 
 @torch.no_grad()
