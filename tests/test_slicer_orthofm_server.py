@@ -199,6 +199,19 @@ def test_heatmap_has_the_exact_geometry_of_the_uploaded_volume(env):
     assert heat_cr.geometry.is_close(cr.geometry, atol=1e-4)
 
 
+def test_heatmap_of_a_single_slice_volume_as_slicer_sends_a_radiograph(env):
+    """Slicer holds a 2-D image as a (1, rows, columns) volume and sends it as NRRD: the oblique MR slice
+    makes any axis, sign or LPS/RAS slip visible."""
+    session = env["session"]
+    slice_volume = slicer_volume(sitk.ReadImage(pydicom_data.get_testdata_file("MR2_UNCR.dcm")), "mr2_slice")
+    assert slice_volume.array.shape == (1, 1024, 1024)
+    assert abs(slice_volume.geometry.direction_matrix[0, 0]) < 0.9  # oblique, not axis-aligned
+    image_id = session.upload_volume(slice_volume)
+    heat = session.run_task("abnormality", image_id=image_id, params={"method": "recon"})
+    assert heat.array.shape == slice_volume.array.shape
+    assert np.abs(heat.geometry.ijk_to_ras() - slice_volume.geometry.ijk_to_ras()).max() < 1e-4
+
+
 def test_embedding_of_the_radiograph(env):
     result = env["session"].run_task("embedding", image_id=env["ids"]["cr"])
     assert isinstance(result, EmbeddingResult)
