@@ -144,6 +144,11 @@ def read_dicom_series(
     rows, cols = int(first.get("Rows") or 0), int(first.get("Columns") or 0)
     for path, ds in members:
         check_header(ds, path, None)
+        if n_frames(ds) > 1:
+            raise ImageReadError(
+                f"{source}: mixed series: {path.name} is a multi-frame object inside a multi-file series "
+                "(read multi-frame files one by one)"
+            )
         if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
             raise ImageReadError(
                 f"{source}: mixed series: matrix {ds.Rows}x{ds.Columns} in {path.name} vs {rows}x{cols}"
