@@ -107,8 +107,10 @@ def test_radiograph_spacing_variants_overlay(tmp_path: Path, sop: str, tags: dic
     _assert_same_grid(out, src)
 
 
-def test_png_and_hip_results_overlay(shared_data: Path, tmp_path: Path) -> None:
-    for src in [next((shared_data / "wrist_xray").glob("*.png")), min((shared_data / "hip_xray").glob("*.dcm"))]:
+def test_png_hip_and_positioned_slice_results_overlay(shared_data: Path, tmp_path: Path) -> None:
+    sources = [next((shared_data / "wrist_xray").glob("*.png")), min((shared_data / "hip_xray").glob("*.dcm")),
+               Path(get_testdata_file("MR_small.dcm")), Path(get_testdata_file("CT_small.dcm"))]  # with IPP/IOP
+    for src in sources:
         rec = read_image(src)
         out = write_like(np.ones(rec.shape, dtype=np.uint8), rec, tmp_path / f"{src.stem}.nii.gz")
         _assert_same_grid(out, src)
