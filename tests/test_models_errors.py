@@ -158,7 +158,10 @@ def test_hf_folder_with_wrong_config(shared_weights, tmp_path):
     cfg.write_text(cfg.read_text().replace('"hidden_size": 64', '"hidden_size": 128'))
     with pytest.raises(WeightFormatError, match="looks like a Hugging Face ViTMAE") as info:
         load_backbone(folder)
-    assert "128" in str(info.value) and "64" in str(info.value)  # the mismatching shapes are named
+    msg = str(info.value)
+    assert "do not fit its config.json: 37 shape mismatch(es)" in msg
+    assert "vit.embeddings.cls_token (file (1, 1, 64) vs model (1, 1, 128))" in msg
+    assert len(info.value.report.mismatched) == 37
 
 
 def test_unsupported_hf_model_type(tmp_path):

@@ -92,7 +92,7 @@ def _read_pickle(path: Path, zipped: bool) -> dict:
     except pickle.UnpicklingError as exc:
         raise WeightFormatError(
             f"{path}: refused to load: the {kind} contains pickled Python objects/code, not only tensors "
-            f"(torch.load weights_only=True rejected it: {_first_line(exc)}). OrthoFM never executes code "
+            f"(torch.load weights_only=True rejected it: {_pickle_reason(exc)}). OrthoFM never executes code "
             "from weight files; re-save the state dict alone (torch.save(model.state_dict(), ...)) or "
             "convert it to .safetensors in an environment you trust",
             path=str(path), looks_like=kind,
@@ -125,6 +125,13 @@ def _check_zip(path: Path, kind: str) -> None:
             f"{path}: {kind} is corrupt: checksum (CRC) mismatch in entry {bad!r}; download it again",
             path=str(path), looks_like=kind,
         )
+
+
+def _pickle_reason(exc: BaseException) -> str:
+    """The specific line of torch's refusal (which global it met), without its generic advice."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    specific = [ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln or "WeightsUnpickler" in ln]
+    return (specific[0] if specific else _first_line(exc))[:300]
 
 
 def _first_line(exc: BaseException) -> str:

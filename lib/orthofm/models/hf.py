@@ -249,9 +249,11 @@ def load_hf_folder(folder: Path, arch: str | None = None) -> Backbone:
     model_cls = _transformers_class(cls_name)
     try:
         with _quiet_progress():
+            # ignore_mismatched_sizes=True only so that transformers *reports* every mismatch (key, file
+            # shape, model shape) instead of raising on the first; any mismatch is an error below.
             model, info = model_cls.from_pretrained(
                 str(folder), local_files_only=True, output_loading_info=True, dtype=torch.float32,
-                trust_remote_code=False,
+                trust_remote_code=False, ignore_mismatched_sizes=True,
             )
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # transformers colours its load report
@@ -262,7 +264,7 @@ def load_hf_folder(folder: Path, arch: str | None = None) -> Backbone:
     report = KeyReport(
         missing=sorted(info.get("missing_keys", [])),
         unexpected=sorted(k for k in info.get("unexpected_keys", []) if not k.startswith(_DROPPABLE)),
-        mismatched=[(k, tuple(a), tuple(b)) for k, a, b in _mismatches(info)],
+        mismatched=sorted((k, tuple(a), tuple(b)) for k, a, b in _mismatches(info)),
     )
     if not report.ok:
         raise WeightFormatError(
@@ -286,14 +288,18 @@ def load_hf_folder(folder: Path, arch: str | None = None) -> Backbone:
 
 @contextlib.contextmanager
 def _quiet_progress() -> Iterator[None]:
-    """No per-tensor progress bar from transformers while loading (restored afterwards)."""
+    """No progress bar or load-report table from transformers while loading (both restored afterwards):
+    OrthoFM raises its own error listing every problem."""
     from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     try:
         yield
     finally:
+        hf_logging.set_verbosity(verbosity)
         if was_enabled:
             hf_logging.enable_progress_bar()
 
