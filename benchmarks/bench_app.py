@@ -403,7 +403,16 @@ def bench_reliability(trials: int = 3) -> list[dict]:
                                  higher_is_better=True))
                 rows.append(_row("bad_inputs_stray_files", stray, "files", None,
                                  "left in studies + temp folders; MONAI Label 0.8.5 leaves one per failed upload"))
-            # /info while 24 uploads are inferred by 8 clients in another process
+            # /info while 24 uploads are inferred by 8 clients in another process (idle baseline first)
+            with httpx.Client(base_url=url, timeout=60) as c:
+                idle = []
+                for _ in range(60):
+                    t0 = time.perf_counter()
+                    c.get("/info/").raise_for_status()
+                    idle.append((time.perf_counter() - t0) * 1000)
+                    time.sleep(0.02)
+            rows.append(_row("info_p95_idle", float(np.percentile(idle, 95)), "ms", None,
+                             "baseline of the same client on the same (shared) machine"))
             lat: list[float] = []
             burst = subprocess.Popen([sys.executable, "-c", LOAD_CLIENT, url, str(jit), "8", "3"],
                                      stdout=subprocess.PIPE, text=True)

@@ -66,6 +66,9 @@ class OrthoFMApp(MONAILabelApp):
 
     # -- MONAI Label hooks -----------------------------------------------------------------------
     def init_datastore(self) -> Datastore:
+        if self.studies.startswith(("http://", "https://")):
+            self.studies = self.studies.rstrip("/").strip()
+            return self.init_remote_datastore()  # -> _init_dicomweb_datastore below
         from lib.server.datastore import init_datastore
 
         ds = init_datastore(self.studies, self.server_settings)

@@ -122,6 +122,7 @@ def test_uploaded_image_is_stored_and_inferable(env, shared_data: Path) -> None:
     assert len(body["embedding"]) > 0
 
 
+@pytest.mark.timeout(1800)  # two training subprocesses
 def test_class_labels_train_knee_kl_and_retraining_changes_predictions(env) -> None:
     ids = env["ids"]["png"]
     for image in ids:

@@ -23,7 +23,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 APP_DIR = REPO / "monailabel_app"
 ORTHOFM = Path(sys.executable).parent / "orthofm"
-START_TIMEOUT = float(os.environ.get("ORTHOFM_TEST_START_TIMEOUT", "180"))
+START_TIMEOUT = float(os.environ.get("ORTHOFM_TEST_START_TIMEOUT", "420"))  # a loaded 2-core box
 
 
 def free_port() -> int:

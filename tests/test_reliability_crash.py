@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 from test_app_harness import ServerProcess, build_studies
 
 BIG_INFO = "x" * 50_000
@@ -88,6 +89,7 @@ def kl_probs(url: str, image: str) -> list[float]:
     return [p["score"] for p in r.json()["prediction"]]
 
 
+@pytest.mark.timeout(2400)  # three server starts and two training subprocesses on a shared 2-core box
 def test_sigkill_during_label_saves_and_training_loses_nothing(tmp_path: Path, shared_data: Path) -> None:
     studies = tmp_path / "studies"
     ids = build_studies(studies, shared_data, per_grade=2, mri_slices=3)

@@ -28,7 +28,11 @@ def studies(tmp_path: Path) -> Path:
         (root / name).write_bytes(PNG)
     series = root / "mri1"
     series.mkdir()
-    (series / "0001.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 16)
+    for i in (1, 2):
+        (series / f"{i:04d}.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 16)
+    single = root / "cr_folder"  # a folder with one DICOM (a radiograph) is read as that file
+    single.mkdir()
+    (single / "x.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 16)
     (root / ".hidden.png").write_bytes(PNG)
     (root / ".a.tmp-1234.png").write_bytes(PNG)
     return root
@@ -40,8 +44,9 @@ def make(root: Path) -> OrthoDatastore:
 
 def test_images_series_and_hidden_files(studies: Path) -> None:
     ds = make(studies)
-    assert sorted(ds.list_images()) == ["a", "b", "mri1"]
+    assert sorted(ds.list_images()) == ["a", "b", "cr_folder", "mri1"]
     assert ds.is_series("mri1") and not ds.is_series("a")
+    assert ds.get_image_uri("cr_folder").endswith("cr_folder/x.dcm")
     assert Path(ds.get_image_uri("mri1")).is_dir()
     assert ds._to_id("x.seg.nrrd") == ("x", ".seg.nrrd")
     assert ds._to_id("x.nii.gz") == ("x", ".nii.gz")
@@ -117,7 +122,7 @@ def test_corrupt_json_without_backup_rebuilds_from_disk(studies: Path, tmp_path:
     os.unlink(studies / "datastore_v2.json.bak")
     ds2 = make(studies)
     assert ds2.recovered_from == "disk"
-    assert sorted(ds2.list_images()) == ["a", "b", "mri1"]
+    assert sorted(ds2.list_images()) == ["a", "b", "cr_folder", "mri1"]
     assert ds2.get_label_by_image_id("b", "cls") == "b"  # the label file on disk is registered again
 
 

@@ -141,12 +141,14 @@ def test_oversized_uploads_are_refused_before_reading(env) -> None:
     check_error(http.put("/datastore/image", params={"image": "big"}, files={"file": ("x.dcm", big)}), 413,
                 "limit")
 
-    def chunks():  # no Content-Length: the streamed size is counted
+    def chunks():  # no Content-Length: a well-formed multipart stream whose size is counted as it arrives
+        yield b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="x.dcm"\r\n\r\n'
         for _ in range(9):
             yield b"\0" * (1024 * 1024)
+        yield b"\r\n--xyz--\r\n"
 
     r = httpx.put(env["srv"].url + "/datastore/image?image=big", content=chunks(),
-                  headers={**env["srv"].headers, "content-type": "multipart/form-data; boundary=x"}, timeout=60)
+                  headers={**env["srv"].headers, "content-type": "multipart/form-data; boundary=xyz"}, timeout=60)
     check_error(r, 413)
     assert snapshot(env) == before
 

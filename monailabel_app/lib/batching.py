@@ -90,7 +90,7 @@ class FeatureBatcher:
     def _loop(self) -> None:
         from lib.server.http_app import lower_thread_priority
 
-        lower_thread_priority(5)
+        lower_thread_priority(10)
         while True:
             first = self._queue.get()
             if first is None:

@@ -92,7 +92,12 @@ class OrthoInferTask(InferTask):
     def __call__(self, request: dict) -> tuple[str | None, dict]:
         t0 = time.perf_counter()
         source = Source(self.runtime, request)
-        result_file, result = self.run(source, request)
+        from orthofm.io import ImageReadError
+
+        try:
+            result_file, result = self.run(source, request)
+        except ImageReadError as exc:  # raised deep inside a reader (e.g. through the embedding store)
+            raise UnsupportedMedia(public_message(str(exc), source.path)) from None
         total = time.perf_counter() - t0
         result = dict(result)
         result.setdefault("latencies", {})["total"] = round(total, 4)

@@ -91,6 +91,11 @@ class OrthoDatastore(LocalDatastore):
                 return file[: -len(suffix)], file[-len(suffix):]
         return file, ""
 
+    def get_image_uri(self, image_id: str) -> str:
+        """A series folder holding a single DICOM (a CR/DX in a folder, a one-instance DICOMweb series) is
+        that file: readers treat a folder as a 3D stack."""
+        return single_file(super().get_image_uri(image_id))
+
     def is_series(self, image_id: str) -> bool:
         obj = self._datastore.objects.get(image_id)
         return bool(obj) and obj.image.ext == "" and os.path.isdir(self.get_image_uri(image_id))
@@ -364,6 +369,14 @@ class OrthoDatastore(LocalDatastore):
     def close(self) -> None:
         if self._observer_started is not None:
             self._observer_started.stop()
+
+
+def single_file(uri: str) -> str:
+    if uri and os.path.isdir(uri):
+        files = [e.path for e in os.scandir(uri) if e.is_file() and not e.name.startswith(".")]
+        if len(files) == 1:
+            return files[0]
+    return uri
 
 
 def _fsync(path: Path) -> None:

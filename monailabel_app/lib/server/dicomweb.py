@@ -19,7 +19,7 @@ from monailabel.datastore.dicom import DICOMwebClientX, DICOMWebDatastore
 from monailabel.datastore.utils.dicom import dicom_web_download_series
 from pydicom.dataset import Dataset
 
-from .datastore import OrthoDatastore
+from .datastore import OrthoDatastore, single_file
 
 log = logging.getLogger("orthofm.dicomweb")
 
@@ -49,7 +49,7 @@ class OrthoDICOMWebDatastore(DICOMWebDatastore, OrthoDatastore):
             OrthoDatastore.refresh(self)
             if image_id in self._datastore.objects:
                 OrthoDatastore.update_image_info(self, image_id, self._dicom_info(image_id))
-        return image_dir
+        return single_file(image_dir)
 
     def _dicom_info(self, series_id: str) -> dict[str, Any]:
         found = self._client.search_for_series(search_filters={"SeriesInstanceUID": series_id})

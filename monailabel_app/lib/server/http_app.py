@@ -102,13 +102,12 @@ def create_app(settings: ServerSettings) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
-        lifespan=lifespan,
-        max_body_size=settings.max_upload_bytes,
+        lifespan=lifespan,  # body size: capped by RequestGuard (JSON 413), not FastAPI's plain-text limit
     )
     app.state.settings = settings
     # Inference off the event loop: one thread per core; backbone forwards are batched across them.
     app.state.infer_pool = ThreadPoolExecutor(max_workers=settings.infer_workers, thread_name_prefix="infer",
-                                              initializer=lower_thread_priority, initargs=(5,))
+                                              initializer=lower_thread_priority, initargs=(10,))
     install_error_handlers(app)
     for module in (routes_core, routes_infer, routes_datastore, routes_tasks):
         app.include_router(module.router)

@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("orthofm.server.access")
@@ -25,6 +26,14 @@ async def send_json(send: Send, status: int, body: dict, headers: list[tuple[byt
     hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": hdrs + (headers or [])})
     await send({"type": "http.response.body", "body": payload})
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from ``receive`` when a streamed body passes the cap. An HTTPException, so FastAPI's form parsing
+    re-raises it as is (anything else becomes a 400) and the JSON error handler answers 413."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(status_code=413, detail=f"request body exceeds the upload limit of {limit} bytes")
 
 
 class RequestGuard:
@@ -77,7 +86,22 @@ class RequestGuard:
                     "detail": f"request body of {length} bytes exceeds the upload limit of {self._max_body} bytes",
                     "request_id": rid})
                 return
-            await self.app(scope, receive, send_wrapper)
+            received = 0
+
+            async def receive_limited() -> Message:
+                nonlocal received
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > self._max_body:
+                        raise BodyTooLarge(self._max_body)
+                return message
+
+            await self.app(scope, receive_limited, send_wrapper)
+        except BodyTooLarge as exc:
+            if not state["started"]:
+                await send_wrapper_json(send_wrapper, 413, {"error": "too_large", "detail": exc.detail,
+                                                            "request_id": rid})
         except Exception:
             log.exception("request %s %s %s failed", rid, method, path)
             if not state["started"]:
