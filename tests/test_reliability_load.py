@@ -27,7 +27,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, shared_data: Path):
     studies = work / "studies"
     ids = build_studies(studies, shared_data, per_grade=1, mri_slices=3)
     srv = ServerProcess(studies=studies, workdir=work,
-                        conf={"embed_on_ingest": "false", "infer_workers": "4", "batch_wait_ms": "10"}).start()
+                        conf={"embed_on_ingest": "false", "batch_wait_ms": "10"}).start()  # workers = cores
     pngs = [p.read_bytes() for p in sorted(studies.glob("kl*.png"))]
     yield {"srv": srv, "ids": ids, "studies": studies, "pngs": pngs, "http": srv.client()}
     srv.kill()
