@@ -149,6 +149,11 @@ def test_hf_weights_file_without_its_folder(shared_weights, tmp_path):
         load_backbone(path)
 
 
+def test_hf_weights_file_inside_its_folder_loads_the_folder(shared_weights):
+    bb = load_backbone(shared_weights / "skelex_hf_vitmae_format" / "model.safetensors")
+    assert bb.weights_info.format == "hf" and bb.has_mae_decoder
+
+
 def test_hf_folder_with_wrong_config(shared_weights, tmp_path):
     folder = tmp_path / "skelex"
     shutil.copytree(shared_weights / "skelex_hf_vitmae_format", folder)

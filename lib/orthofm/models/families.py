@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import timm
 
-from .backbone import Backbone, BackboneConfig, EvaBackbone, PreprocessConfig
+from .backbone import Backbone, BackboneConfig, PreprocessConfig
 
-__all__ = ["FAMILIES", "Family", "build_imported", "family_of", "tiny_config"]
+__all__ = ["FAMILIES", "Family", "build_imported", "tiny_config"]
 
 
 @dataclass(frozen=True)
@@ -69,13 +69,6 @@ FAMILIES: dict[str, Family] = {
 
 def tiny_config(name: str) -> BackboneConfig:
     return FAMILIES[name].tiny()
-
-
-def family_of(backbone: Backbone) -> str:
-    """Coarse family name of a built backbone (for cards and ``inspect``)."""
-    if isinstance(backbone, EvaBackbone):
-        return "dinov3"
-    return backbone.config.arch if backbone.config.arch.startswith("hf_") else "timm_vit"
 
 
 def build_imported(config: BackboneConfig) -> Backbone | None:

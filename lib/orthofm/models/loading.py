@@ -47,6 +47,9 @@ FORMATS = {
 }
 
 
+HF_WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
+
+
 @dataclass
 class WeightsInfo:
     """What a path holds, before building any model."""
@@ -75,6 +78,8 @@ def detect_format(path: str | os.PathLike[str]) -> WeightsInfo:
         raise WeightFormatError(f"{p}: no such file or folder", path=str(p))
     if p.is_file() and p.name == BACKBONE_FILE and is_orthofm_folder(p.parent):
         p = p.parent
+    elif p.is_file() and p.name in HF_WEIGHT_NAMES and (p.parent / "config.json").is_file():
+        p = p.parent  # the weights file of a Hugging Face folder: load the folder (it has the config)
     if p.is_dir():
         if is_orthofm_folder(p):
             return WeightsInfo(str(p), "orthofm", FORMATS["orthofm"], "folder")
