@@ -310,11 +310,17 @@ def bench_next_sample(sizes=SIZES) -> list[dict]:
                              "normalise + project 768 -> 128 once per change of the index"))
             for name in ("random", "coreset", "typiclust", "probcover", "uncertainty", "hybrid"):
                 strat = EmbeddingStrategy(name, runtime, name)
-                t0 = time.perf_counter()
-                res = strat({"seed": 0, "reserve_seconds": 0}, ds)
-                dt = time.perf_counter() - t0
-                assert res and res["id"] not in labeled
-                note = "with a 5-class logistic head's probabilities" if name in ("uncertainty", "hybrid") else ""
+                strat({"seed": 0, "reserve_seconds": 0}, ds)  # warm-up (BLAS/faiss thread pools, page faults)
+                times = []
+                for rep in range(3):
+                    t0 = time.perf_counter()
+                    res = strat({"seed": rep, "reserve_seconds": 0}, ds)
+                    times.append(time.perf_counter() - t0)
+                    assert res and res["id"] not in labeled
+                dt = statistics.median(times)
+                note = "median of 3 after a warm-up"
+                if name in ("uncertainty", "hybrid"):
+                    note += "; with a 5-class logistic head's probabilities"
                 assert "fallback" not in res
                 rows.append(_row(f"next_sample_{name}_{n}", dt, "s", TARGET_S[n], note))
     return rows

@@ -195,7 +195,10 @@ class EmbeddingIndex:
                 n = len(self._rows)
                 self._prepared = prepare_features(self._raw[:n], self._max_dim) if n else np.zeros(
                     (0, self._max_dim), dtype=np.float32)
-            present = list(self._rows) if ids is None else [i for i in ids if i in self._rows]
+            if ids is None:  # all rows, in row order: views, no copy (100k x 768 floats is 300 MB)
+                n = len(self._rows)
+                return list(self._rows), self._raw[:n], self._prepared
+            present = [i for i in ids if i in self._rows]
             rows = [self._rows[i] for i in present]
             return present, self._raw[rows], self._prepared[rows]
 

@@ -99,8 +99,7 @@ class EmbeddingStrategy(Strategy):
                 note = f"no trained {task} head yet: used typiclust (diversity) instead"
                 name = "typiclust"
             else:
-                probs = np.zeros((len(present), len(head.classes)), dtype=np.float64)
-                probs[cand] = head.predict_proba(raw[cand])
+                probs = head.predict_proba(raw)  # every row (a view): cheaper than copying the candidates
         kwargs = {"kind": request["kind"]} if "kind" in request and name in ("uncertainty", "hybrid") else {}
         picked = select(name, SelectionInput(x, lab, cand, probs, seed), budget=1, **kwargs)
         chosen = present[int(picked[0])]

@@ -248,11 +248,15 @@ def check_dimensions(probe: Probe, settings: ServerSettings) -> None:
 # -- decoding -------------------------------------------------------------------------------------
 def decode(path: Path, settings: ServerSettings, *hide: str | os.PathLike) -> Any:
     """Full decode through ``orthofm.io`` with the size limit; every reader failure is a 415."""
-    from orthofm.io import ImageReadError, read_image
+    import warnings
+
+    from orthofm.io import ImageReadError, SpacingUnknownWarning, read_image
 
     limit = max(settings.max_pixels_2d, settings.max_voxels_3d)
     try:
-        record = read_image(path, max_pixels=limit)
+        with warnings.catch_warnings():  # a PNG without spacing is normal here; results say spacing_known
+            warnings.simplefilter("ignore", SpacingUnknownWarning)
+            record = read_image(path, max_pixels=limit)
     except ImageReadError as exc:
         raise UnsupportedMedia(public_message(str(exc), path, *hide)) from None
     except MemoryError:
