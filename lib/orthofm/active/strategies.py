@@ -132,13 +132,21 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, niter: int = 10, max_train: int
     train = x if n <= max_train else x[rng.choice(n, max_train, replace=False)]
     try:
         import faiss
-
-        km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, verbose=False, min_points_per_centroid=1,
-                          max_points_per_centroid=max(1, len(train) // k + 1))
-        km.train(np.ascontiguousarray(train, dtype=np.float32))
-        _, assign = km.index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
-        return assign[:, 0].astype(np.int64)
     except ImportError:
+        faiss = None
+    if faiss is not None:
+        # one thread: on a shared 2-core box OpenMP's spinning threads made k-means ~10x slower than serial
+        previous = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, verbose=False, min_points_per_centroid=1,
+                              max_points_per_centroid=max(1, len(train) // k + 1))
+            km.train(np.ascontiguousarray(train, dtype=np.float32))
+            _, assign = km.index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
+            return assign[:, 0].astype(np.int64)
+        finally:
+            faiss.omp_set_num_threads(previous)
+    else:
         centres = train[rng.choice(len(train), k, replace=False)]
         for _ in range(niter):
             assign = _sq_dist(train, centres).argmin(1)
