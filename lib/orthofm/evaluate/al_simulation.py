@@ -46,6 +46,7 @@ class SimulationConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     head_kind: str = "probe"
     max_pool: int | None = None  # subsample the training pool (per seed) for quick runs
+    max_val: int | None = None  # subsample the validation set (once) for quick runs
     uncertainty_kind: str = "entropy"
 
 
@@ -210,6 +211,13 @@ def run_from_folders(train: str | Path, val: str | Path, out: str | Path, cfg: S
     store = EmbeddingStore(cache or default_cache_dir(), backbone)
     p_tr, y_tr, g_tr = load_kl_split(train)
     p_val, y_val, _ = load_kl_split(val)
+    rng = np.random.default_rng(12345)
+    if cfg.max_pool is not None and cfg.max_pool < len(p_tr):  # quick runs: embed only a subsample
+        keep = np.sort(rng.choice(len(p_tr), cfg.max_pool, replace=False))
+        p_tr, y_tr, g_tr = [p_tr[i] for i in keep], y_tr[keep], [g_tr[i] for i in keep]
+    if cfg.max_val is not None and cfg.max_val < len(p_val):
+        keep = np.sort(rng.choice(len(p_val), cfg.max_val, replace=False))
+        p_val, y_val = [p_val[i] for i in keep], y_val[keep]
     x_tr, x_val = store.embed_paths(p_tr), store.embed_paths(p_val)
     classes = [f"KL{i}" for i in range(5)]
     result = simulate(x_tr, y_tr, g_tr, x_val, y_val, classes, cfg, progress=log.info)
@@ -240,11 +248,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--per-round", type=int, default=10)
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--max-pool", type=int, default=None)
+    p.add_argument("--max-pool", type=int, default=None, help="subsample the training pool (quick runs)")
+    p.add_argument("--max-val", type=int, default=None, help="subsample the validation set (quick runs)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = SimulationConfig(strategies=tuple(a.strategies.split(",")), initial=a.initial, per_round=a.per_round,
-                           rounds=a.rounds, seeds=tuple(int(s) for s in a.seeds.split(",")), max_pool=a.max_pool)
+                           rounds=a.rounds, seeds=tuple(int(s) for s in a.seeds.split(",")), max_pool=a.max_pool,
+                           max_val=a.max_val)
     summary = run_from_folders(a.train, a.val, a.out, cfg, a.weights)
     for s, e in summary["accuracy"]["strategies"].items():
         print(f"{s:12s} area={e['area']:.3f} {e.get('verdict', '(baseline)')}")
