@@ -35,7 +35,8 @@ def test_replay_rows_summary_and_plot(tmp_path: Path) -> None:
     for s, e in summary["strategies"].items():
         if s != "random":
             assert e["budgets_better_than_random"] + e["budgets_worse_than_random"] <= 3
-            assert e["verdict"].endswith("random on mean accuracy")
+            assert " random on accuracy (paired mean " in e["verdict"]
+            assert e["paired_diff"]["n"] == 3
     png = plot_curves(res, tmp_path / "curves.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -139,6 +139,7 @@ def summarize(result: SimulationResult, metric: str = "accuracy") -> dict:
                 curves[s][b] = (float(np.mean(vals)), float(np.std(vals)))
     summary = {"metric": metric, "budgets": budgets, "strategies": {}}
     base = curves.get("random", {})
+    paired = {(r["seed"], r["n_labels"]): r[metric] for r in rows if r["strategy"] == "random" and metric in r}
     for s, curve in curves.items():
         means = [curve[b][0] for b in budgets if b in curve]
         entry = {"curve": {str(b): curve[b] for b in curve}, "area": float(np.mean(means)) if means else None}
@@ -147,10 +148,15 @@ def summarize(result: SimulationResult, metric: str = "accuracy") -> dict:
             entry["mean_diff_vs_random"] = float(np.mean(diffs)) if diffs else None
             entry["budgets_better_than_random"] = int(sum(d > 0 for d in diffs))
             entry["budgets_worse_than_random"] = int(sum(d < 0 for d in diffs))
-            verdict = "better than" if entry["mean_diff_vs_random"] and entry["mean_diff_vs_random"] > 0.005 else (
-                "worse than" if entry["mean_diff_vs_random"] and entry["mean_diff_vs_random"] < -0.005 else
-                "indistinguishable from")
-            entry["verdict"] = f"{verdict} random on mean {metric}"
+            # paired by seed and budget: the same random start and validation set, so seed noise cancels
+            d = np.asarray([r[metric] - paired[(r["seed"], r["n_labels"])] for r in rows
+                            if r["strategy"] == s and metric in r and (r["seed"], r["n_labels"]) in paired])
+            se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
+            mean = float(d.mean()) if len(d) else 0.0
+            entry["paired_diff"] = {"mean": mean, "se": se, "n": len(d)}
+            verdict = ("better than" if mean - 2 * se > 0 else "worse than" if mean + 2 * se < 0
+                       else "indistinguishable from")
+            entry["verdict"] = f"{verdict} random on {metric} (paired mean {mean:+.3f} +- {2 * se:.3f})"
         summary["strategies"][s] = entry
     return summary
 
@@ -256,8 +262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                            rounds=a.rounds, seeds=tuple(int(s) for s in a.seeds.split(",")), max_pool=a.max_pool,
                            max_val=a.max_val)
     summary = run_from_folders(a.train, a.val, a.out, cfg, a.weights)
-    for s, e in summary["accuracy"]["strategies"].items():
-        print(f"{s:12s} area={e['area']:.3f} {e.get('verdict', '(baseline)')}")
+    for metric in ("accuracy", "qwk"):
+        for s, e in summary[metric]["strategies"].items():
+            print(f"{metric:8s} {s:12s} area={e['area']:.3f} {e.get('verdict', '(baseline)')}")
     return 0
 
 
