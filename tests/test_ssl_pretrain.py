@@ -113,7 +113,7 @@ def test_two_process_ddp_keeps_ranks_identical(shared_data: Path, tmp_path: Path
     data = _few_images(shared_data, tmp_path, n=16)
     script = Path(__file__).parent / "helpers" / "ddp_pretrain_check.py"
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(script), str(data), str(out), "mae+dino", *TINY, "max_steps=3", "checkpoint_every_steps=3"]
     done = subprocess.run(cmd, check=False, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
