@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -116,16 +114,13 @@ def test_uncertainty_strategies_need_probabilities() -> None:
         select("bald", SelectionInput(x, np.array([0]), np.arange(1, 10)))
 
 
-def test_next_sample_over_10k_embeddings_is_fast() -> None:
-    """Issue 8: well under a second for 10k images (one pick, prepared 128-d features, 1 thread)."""
+def test_next_sample_over_10k_embeddings_picks_an_unlabeled_image() -> None:
+    """Every strategy handles a 10k-image pool (its speed is measured in benchmarks/bench_app.py)."""
     rng = np.random.default_rng(0)
     x = prepare_features(rng.standard_normal((10_000, 768)).astype(np.float32))
     labeled = np.arange(50)
     cand = np.arange(50, 10_000)
     probs = rng.dirichlet(np.ones(5), len(x))
-    slow = {}
     for name in STRATEGIES:
-        t0 = time.process_time()  # CPU time: the shared test machine's wall clock is noisy
-        select(name, SelectionInput(x, labeled, cand, probs, seed=0), budget=1)
-        slow[name] = time.process_time() - t0
-    assert max(slow.values()) < 3.0, slow
+        picked = select(name, SelectionInput(x, labeled, cand, probs, seed=0), budget=1)
+        assert len(picked) == 1 and int(picked[0]) in set(cand.tolist()), name
