@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from orthofm.models import Backbone
+from orthofm.utils.atomic import atomic_write_bytes
 
 from .features import FEATURE_DEFINITION, embed_batch, feature_dim
 from .runtime import inference_dtype
@@ -182,9 +183,9 @@ class EmbeddingStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         np.save(buf, vec, allow_pickle=False)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(buf.getvalue())
-        os.replace(tmp, path)  # atomic: readers see the old entry or the whole new one
+        # unique temp file per write (threads of one server may embed the same image at once), then rename:
+        # readers see the old entry or the whole new one
+        atomic_write_bytes(path, buf.getvalue())
 
     def _write_description(self) -> None:
         desc = self.root / self.backbone_id / "backbone.json"
