@@ -27,6 +27,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+from orthofm.utils.atomic import fsync_dir
+
 __all__ = ["BANK_CARD", "BANK_FEATURES", "BankCard", "BankError", "NormalBank", "l2_normalise"]
 
 BANK_CARD = "bank.json"
@@ -136,7 +138,7 @@ class NormalBank:
                 old = target.with_name(f".{target.name}.old-{secrets.token_hex(4)}")
                 os.replace(target, old)
             os.replace(tmp, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
         except BaseException:
@@ -162,15 +164,3 @@ class NormalBank:
         feats = np.load(io.BytesIO(data), allow_pickle=False)
         return cls(feats, card)
 
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

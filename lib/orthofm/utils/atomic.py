@@ -15,7 +15,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "temp_name_for"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "temp_name_for"]
 
 _TMP_MARK = ".tmp-"
 
@@ -62,7 +62,7 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     """Make the rename durable. Not every platform / file system allows fsync on a folder."""
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -81,7 +81,7 @@ def _commit(tmp: Path, target: Path) -> None:
         os.chmod(tmp, stat.S_IMODE(target.stat().st_mode))
     _fsync_file(tmp)
     os.replace(tmp, target)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
 
 
 @contextlib.contextmanager
