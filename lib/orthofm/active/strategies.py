@@ -139,10 +139,16 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, niter: int = 10, max_train: int
         previous = faiss.omp_get_max_threads()
         faiss.omp_set_num_threads(1)
         try:
-            km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, verbose=False, min_points_per_centroid=1,
-                              max_points_per_centroid=max(1, len(train) // k + 1))
-            km.train(np.ascontiguousarray(train, dtype=np.float32))
-            _, assign = km.index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
+            # faiss.Clustering + its index, not the faiss.Kmeans wrapper: the wrapper copies centroids out
+            # through a SWIG std::vector<float> proxy, which breaks when another SWIG module (SimpleITK)
+            # registered that type first. Clustering leaves the centroids in the index, which is all we need.
+            clus = faiss.Clustering(x.shape[1], k)
+            clus.niter, clus.seed, clus.verbose = niter, seed, False
+            clus.min_points_per_centroid = 1
+            clus.max_points_per_centroid = max(1, len(train) // k + 1)
+            index = faiss.IndexFlatL2(x.shape[1])
+            clus.train(np.ascontiguousarray(train, dtype=np.float32), index)
+            _, assign = index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
             return assign[:, 0].astype(np.int64)
         finally:
             faiss.omp_set_num_threads(previous)
