@@ -575,6 +575,9 @@ def test_train_start_conflict_stop_and_poll(session):
     record = session.train("knee_kl", {"sleep_per_epoch": 0.2}, epochs=200, wait=False)
     assert record["status"] in ("SUBMITTED", "RUNNING")
     assert record["request"]["max_epochs"] == 200  # epochs= went under the trainer's own key
+    deadline = time.time() + 30  # a conflict exists once the first run is RUNNING, not while it is queued
+    while session.client.train_status().get("status") != "RUNNING" and time.time() < deadline:
+        time.sleep(0.1)
     with pytest.raises(OrthoFMError, match="already running") as err:
         session.client.train_start("knee_kl", {"max_epochs": 1})
     assert err.value.status == 429
