@@ -140,6 +140,9 @@ class EvaBackbone(Backbone):
         """Run the trunk; ``keep`` (B, N_keep) selects visible patches (MAE) and their RoPE angles;
         ``patch_mask`` (B, L) bool replaces those patch embeddings by ``mask_token`` (iBOT)."""
         m = self.model
+        if x.shape[-2] % self.patch_size or x.shape[-1] % self.patch_size:
+            raise ValueError(f"input size {tuple(x.shape[-2:])} is not a multiple of the patch size "
+                             f"{self.patch_size}: pad or resize (orthofm.io.prepare_2d does)")
         x = m.patch_embed(x)  # (B, h, w, D) with dynamic_img_size
         b, h, w, d = x.shape
         x = x.reshape(b, h * w, d)
