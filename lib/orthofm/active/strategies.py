@@ -177,12 +177,10 @@ def _typicality(xm: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def typiclust(x: np.ndarray, labeled: np.ndarray, candidates: np.ndarray, budget: int = 1, seed: int = 0,
-              k_nn: int = 20, max_clusters: int = 500, max_cluster_points: int = 2000) -> np.ndarray:
-    """TypiClust: most typical member of the largest clusters that hold no labeled image yet."""
-    lab, cand = _as_idx(labeled), _as_idx(candidates)
-    if len(cand) == 0:
-        return cand
+def _cluster_pool(x: np.ndarray, lab: np.ndarray, cand: np.ndarray, budget: int, max_clusters: int,
+                  seed: int) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """k-means over labeled + candidates with one cluster per label to hold (TypiClust's K): the cluster count,
+    each pool point's cluster, labeled images per cluster, and each candidate's cluster."""
     pool = np.union1d(lab, cand)
     n_clusters = min(len(lab) + budget, max_clusters, len(pool))
     assign_pool = kmeans(x[pool], n_clusters, seed=seed)
@@ -190,6 +188,16 @@ def typiclust(x: np.ndarray, labeled: np.ndarray, candidates: np.ndarray, budget
     labeled_per = np.bincount([assign[i] for i in lab], minlength=n_clusters) if len(lab) else np.zeros(
         n_clusters, dtype=np.int64)
     cand_cluster = np.asarray([assign[i] for i in cand], dtype=np.int64)
+    return n_clusters, assign_pool, labeled_per, cand_cluster
+
+
+def typiclust(x: np.ndarray, labeled: np.ndarray, candidates: np.ndarray, budget: int = 1, seed: int = 0,
+              k_nn: int = 20, max_clusters: int = 500, max_cluster_points: int = 2000) -> np.ndarray:
+    """TypiClust: most typical member of the largest clusters that hold no labeled image yet."""
+    lab, cand = _as_idx(labeled), _as_idx(candidates)
+    if len(cand) == 0:
+        return cand
+    n_clusters, assign_pool, labeled_per, cand_cluster = _cluster_pool(x, lab, cand, budget, max_clusters, seed)
     size = np.bincount(assign_pool, minlength=n_clusters)
     rng = np.random.default_rng(seed)
     chosen: list[int] = []
@@ -292,13 +300,7 @@ def hybrid(x: np.ndarray, probs: np.ndarray, labeled: np.ndarray, candidates: np
     lab, cand = _as_idx(labeled), _as_idx(candidates)
     if len(cand) == 0:
         return cand
-    pool = np.union1d(lab, cand)
-    n_clusters = min(len(lab) + budget, max_clusters, len(pool))
-    assign_pool = kmeans(x[pool], n_clusters, seed=seed)
-    assign = dict(zip(pool.tolist(), assign_pool.tolist()))
-    labeled_per = np.bincount([assign[i] for i in lab], minlength=n_clusters) if len(lab) else np.zeros(
-        n_clusters, dtype=np.int64)
-    cand_cluster = np.asarray([assign[i] for i in cand], dtype=np.int64)
+    n_clusters, _, labeled_per, cand_cluster = _cluster_pool(x, lab, cand, budget, max_clusters, seed)
     score = uncertainty_scores(probs[cand], kind)
     chosen: list[int] = []
     taken = np.zeros(len(cand), dtype=bool)
