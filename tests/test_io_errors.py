@@ -87,11 +87,32 @@ def test_unsupported_transfer_syntax_names_missing_decoder(tmp_path: Path) -> No
     _raises("unsupported transfer syntax 1.2.840.10008.1.2.4.100 .MPEG2", path)
 
 
-def test_jpeg_lossless_without_plugin_names_plugin() -> None:
-    if decoders_for("1.2.840.10008.1.2.4.70")[0]:
-        pytest.skip("a JPEG Lossless decoder is installed here")
+def test_jpeg_lossless_without_plugin_names_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real JPEG Lossless file on a machine without python-gdcm: the error says what to install."""
+    from orthofm.io import codecs
+
+    assert decoders_for("1.2.840.10008.1.2.4.70")[0] == ["python-gdcm"]  # pinned in requirements.txt
+    monkeypatch.setattr(codecs.gdcm_handler, "is_available", lambda: False)
     err = _raises("unsupported transfer syntax 1.2.840.10008.1.2.4.70", get_testdata_file("JPEG-LL.dcm"))
-    assert "pylibjpeg-libjpeg" in str(err)
+    assert "python-gdcm" in str(err)
+
+
+def test_htj2k_message_names_what_would_decode_it() -> None:
+    # pydicom 2.4 refuses to write a file with this UID, so the message itself is checked
+    from orthofm.io.codecs import unsupported_message
+
+    assert decoders_for("1.2.840.10008.1.2.4.201") == ([], ["pydicom>=3 with pylibjpeg-openjpeg>=2.2 (HTJ2K)"])
+    assert "High-Throughput JPEG 2000 Lossless" in unsupported_message("1.2.840.10008.1.2.4.201")
+
+
+def test_corrupt_jpeg_ls_names_transfer_syntax(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(get_testdata_file("MR_small_jpeg_ls_lossless.dcm"))
+    frame = pydicom.encaps.defragment_data(ds.PixelData)
+    ds.PixelData = pydicom.encaps.encapsulate([frame[: len(frame) // 3]])
+    ds.save_as(tmp_path / "trunc_jls.dcm")
+    err = _raises("could not be decoded by gdcm .transfer syntax 1.2.840.10008.1.2.4.80, JPEG-LS",
+                  tmp_path / "trunc_jls.dcm")
+    assert "corrupt or truncated" in str(err)
 
 
 def test_zero_dimensions(tmp_path: Path) -> None:

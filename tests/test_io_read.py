@@ -155,6 +155,57 @@ def test_rle_and_j2k_multiframe_identical_to_uncompressed() -> None:
     np.testing.assert_array_equal(frame.array, ref.array[3])
 
 
+@pytest.mark.parametrize(
+    "compressed, reference",
+    [
+        ("SC_rgb_jpeg_gdcm.dcm", "SC_rgb.dcm"),  # JPEG Lossless SV1, RGB
+        ("MR_small_jpeg_ls_lossless.dcm", "MR_small.dcm"),  # JPEG-LS lossless, signed 16-bit
+        ("emri_small_jpeg_ls_lossless.dcm", "emri_small.dcm"),  # JPEG-LS lossless, 10 frames, 12-bit
+    ],
+)
+def test_jpeg_lossless_and_jpeg_ls_identical_to_uncompressed_twin(compressed: str, reference: str) -> None:
+    rec = _read(get_testdata_file(compressed))
+    assert rec.metadata["decoder"] == "gdcm"
+    np.testing.assert_array_equal(rec.array, _read(get_testdata_file(reference)).array)
+
+
+def test_jpeg_lossless_and_12bit_match_pydicom_reference_pixels() -> None:
+    """Files without an uncompressed twin: pixel values pydicom's own test suite publishes for them
+    (decoded there by pylibjpeg-libjpeg, an independent decoder)."""
+    p14 = _read(get_testdata_file("JPGLosslessP14SV1_1s_1f_8b.dcm")).array
+    assert tuple(p14[300, 512:520]) == (26, 26, 25, 22, 19, 16, 14, 15)
+    assert tuple(p14[600, 512:520]) == (45, 43, 41, 38, 33, 30, 26, 21)
+    ll = _read(get_testdata_file("JPEG-LL.dcm")).array  # 16-bit signed lossless
+    assert tuple(ll[400, 124:132]) == (60, 58, 61, 68, 59, 65, 64, 67)
+    assert tuple(ll[600, 124:132]) == (3, 1, 2, 0, 2, 1, 2, 0)
+    ext = _read(get_testdata_file("JPGExtended.dcm"))  # JPEG Extended, 12-bit lossy
+    assert ext.metadata["TransferSyntaxUID"] == "1.2.840.10008.1.2.4.51"
+    assert (ext.array[420, 140], ext.array[230, 120]) == (244, 95)
+
+
+@pytest.mark.parametrize("syntax", ["JPEGLosslessProcess14_1", "JPEGLosslessProcess14", "JPEGLSLossless"])
+def test_rg3_cr_as_jpeg_lossless_and_jpeg_ls_identical(syntax: str, tmp_path: Path) -> None:
+    """The 1760 px MONOCHROME1 CR re-encoded losslessly (by GDCM) reads bit-identical to RG3_UNCR."""
+    import gdcm
+
+    reader = gdcm.ImageReader()
+    reader.SetFileName(get_testdata_file("RG3_UNCR.dcm"))
+    assert reader.Read()
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(getattr(gdcm.TransferSyntax, syntax)))
+    change.SetInput(reader.GetImage())
+    assert change.Change()
+    writer = gdcm.ImageWriter()
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    writer.SetFileName(str(tmp_path / "rg3.dcm"))
+    assert writer.Write()
+    rec = _read(tmp_path / "rg3.dcm")
+    assert rec.metadata["TransferSyntaxUID"].startswith("1.2.840.10008.1.2.4.")
+    assert rec.metadata["inverted"] is True
+    np.testing.assert_array_equal(rec.array, _rg3().array)
+
+
 def test_jpeg_baseline_ybr_converted_to_rgb_luminance() -> None:
     ref = _read(get_testdata_file("SC_rgb.dcm")).array
     jpeg = _read(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm")).array  # YBR_FULL JPEG baseline

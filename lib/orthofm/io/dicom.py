@@ -14,10 +14,9 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixel_data_handlers import gdcm_handler
 from pydicom.pixel_data_handlers.util import apply_color_lut, convert_color_space
 
-from .codecs import JPEG_BASELINE, NATIVE, ensure_decodable
+from .codecs import JPEG_BASELINE, NAMES, NATIVE, choose_handler, ensure_decodable
 from .display import to_display
 from .errors import DEFAULT_MAX_PIXELS, ImageReadError, SpacingUnknownWarning, check_dims, check_finite
 from .geometry import direction_2d_from_iop
@@ -73,8 +72,7 @@ def check_header(ds: Dataset, source: object, max_pixels: int | None) -> None:
         raise ImageReadError(f"{source}: DICOM pixel data without Rows/Columns: zero image dimensions")
     frames = n_frames(ds)
     check_dims((frames, int(rows), int(cols)) if frames > 1 else (int(rows), int(cols)), max_pixels, source)
-    ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "1.2.840.10008.1.2"))
-    ensure_decodable(ts, source)
+    ensure_decodable(transfer_syntax(ds), source)
 
 
 def pixel_spacing_2d(ds: Dataset) -> tuple[tuple[float, float] | None, str | None]:
@@ -132,21 +130,35 @@ def viewer_spacing(ds: Dataset) -> tuple[float, float]:
         return 1.0, 1.0
 
 
+def transfer_syntax(ds: Dataset) -> str:
+    return str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "1.2.840.10008.1.2"))
+
+
 def decode(ds: Dataset, source: object) -> np.ndarray:
+    """Pixel data through the handler :func:`codecs.choose_handler` picks (not pydicom's default order)."""
+    ts = transfer_syntax(ds)
+    ensure_decodable(ts, source)
+    handler = choose_handler(ts)
     try:
+        if handler:
+            ds.convert_pixel_data(handler_name=handler)
         arr = ds.pixel_array
     except Exception as exc:
-        raise ImageReadError(f"{source}: pixel data could not be decoded ({type(exc).__name__}: {exc})") from exc
+        via = f" by {handler}" if handler else ""
+        raise ImageReadError(
+            f"{source}: pixel data could not be decoded{via} (transfer syntax {ts}, {NAMES.get(ts, 'unknown')}): "
+            f"corrupt or truncated data? ({type(exc).__name__}: {exc})"
+        ) from exc
     return np.asarray(arr)
 
 
 def ybr_left_by_decoder(ts: str) -> bool:
     """pydicom 2.4 returns YCbCr for YBR_FULL(_422) from native, RLE and Pillow-decoded JPEG data;
-    GDCM (first in pydicom's handler order when installed) converts JPEG to RGB itself."""
+    GDCM and pylibjpeg convert JPEG to RGB themselves."""
     if ts in NATIVE:
         return True
     if ts in JPEG_BASELINE:
-        return not gdcm_handler.is_available()
+        return choose_handler(ts) == "pillow"
     return False
 
 
@@ -157,8 +169,7 @@ def to_grey(arr: np.ndarray, ds: Dataset, frames: int) -> tuple[np.ndarray, bool
         arr = apply_color_lut(arr, ds)
     elif int(ds.get("SamplesPerPixel", 1)) == 1:
         return arr, False
-    ts = str(ds.file_meta.TransferSyntaxUID) if hasattr(ds, "file_meta") else ""
-    if photometric in ("YBR_FULL", "YBR_FULL_422") and ybr_left_by_decoder(ts):
+    if photometric in ("YBR_FULL", "YBR_FULL_422") and ybr_left_by_decoder(transfer_syntax(ds)):
         arr = convert_color_space(arr, photometric, "RGB")
     arr = arr.astype(np.float32)
     if np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2]):
@@ -180,6 +191,10 @@ def describe(ds: Dataset) -> dict[str, Any]:
             meta[key] = value if isinstance(value, (int, float)) else str(value)
     if hasattr(ds, "file_meta") and "TransferSyntaxUID" in ds.file_meta:
         meta["TransferSyntaxUID"] = str(ds.file_meta.TransferSyntaxUID)
+        try:
+            meta["decoder"] = choose_handler(meta["TransferSyntaxUID"]) or "pydicom"
+        except ImageReadError:
+            meta["decoder"] = None
     return meta
 
 
