@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 from pathlib import Path
 
 _DEFAULT_MODEL = Path(__file__).resolve().parents[3] / "monailabel_app" / "model" / "orthofm_vits16"
@@ -100,7 +101,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _common(e)
     e.add_argument("--data", required=True, help="knee_kl folder with <split>/<KL grade>/*.png")
     e.add_argument("--normal-bank", dest="normal_bank", help="bank built from train KL 0 only")
-    e.add_argument("--out", required=True, help="report JSON path")
+    e.add_argument(
+        "--out",
+        required=True,
+        help="report folder (heatmap_eval.json, README.md, PNG figures); a path ending in .json: JSON only",
+    )
+    e.add_argument(
+        "--update-doc",
+        dest="update_doc",
+        default=None,
+        help="also rewrite the generated results block of this markdown file (e.g. docs/heatmaps.md)",
+    )
     e.add_argument("--split", default="val")
     e.add_argument(
         "--max-per-grade", dest="max_per_grade", type=int, default=None, help="cap images per grade"
@@ -177,6 +188,26 @@ def run_build_bank(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this evaluation, as written into its report."""
+    parts = [".venv/bin/orthofm", "heatmap", "evaluate", "--backbone", _backbone_arg(args)]
+    if args.normal_bank:
+        parts += ["--normal-bank", str(args.normal_bank)]
+    parts += ["--data", str(args.data), "--out", str(args.out)]
+    for flag, value in (
+        ("--split", None if args.split == "val" else args.split),
+        ("--max-per-grade", args.max_per_grade),
+        ("--lesion-images", args.lesion_images),
+        ("--seed", args.seed or None),
+        ("--size", args.size),
+        ("--anatomy", None if args.anatomy == "knee" else args.anatomy),
+        ("--update-doc", args.update_doc),
+    ):
+        if value is not None:
+            parts += [flag, str(value)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     _quiet_faiss()  # before faiss is imported
     from orthofm.evaluate.heatmap_eval import HeatmapEvalConfig, evaluate_from_paths
@@ -192,7 +223,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
         size=args.size,
     )
     report = evaluate_from_paths(
-        _backbone_arg(args), args.normal_bank, config, args.out, anatomy=args.anatomy
+        _backbone_arg(args),
+        args.normal_bank,
+        config,
+        args.out,
+        anatomy=args.anatomy,
+        command=_evaluate_command(args),
+        update_doc=args.update_doc,
     )
     for name, value in report["summary"].items():
         print(f"{name}: {value}")

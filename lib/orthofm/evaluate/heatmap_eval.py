@@ -26,7 +26,7 @@ from ..heatmaps import HeatmapConfig, HeatmapEngine, NormalBank, create_engine
 from ..heatmaps.inputs import read_quietly
 from ..heatmaps.scores import normal_rank
 from ..utils.atomic import atomic_write_text
-from .anomaly_metrics import aupro, auroc, pixel_auroc, spearman
+from .anomaly_metrics import aupro, auroc, auroc_ci95, pixel_auroc, spearman
 from .lesions import KINDS, random_lesions
 
 __all__ = [
@@ -138,10 +138,19 @@ def _image_level(
         "seconds_per_image": (time.monotonic() - t0) / max(len(items), 1),
         "methods": {},
     }
+    both_classes = 0 < y.sum() < y.size
     for name, s in arr.items():
         entry: dict[str, Any] = {"spearman_grade": spearman(s, g)}
-        entry["auroc_kl0_vs_kl34"] = auroc(s[sel], y) if 0 < y.sum() < y.size else None
+        entry["auroc_kl0_vs_kl34"] = auroc(s[sel], y) if both_classes else None
+        entry["auroc_ci95"] = list(auroc_ci95(s[sel], y, n=bootstrap)) if both_classes else None
+        entry["mean_score_per_grade"] = {int(k): float(s[g == k].mean()) for k in np.unique(g)}
         out["methods"][name] = entry
+    # every image's scores: the ROC curve and score-by-grade plots are drawn from these, and a later
+    # backbone can be compared image by image
+    out["per_image"] = [
+        {"image": p.name, "grade": int(k), **{name: float(v[i]) for name, v in arr.items()}}
+        for i, ((p, _), k) in enumerate(zip(items, g))
+    ]
     if "both_set_rank" in arr and 0 < y.sum() < y.size:
         singles = {m: arr[m][sel] for m in engine.methods}
         out["combination_gain"] = {
@@ -152,7 +161,14 @@ def _image_level(
     return out
 
 
-def _pixel_level(engine: HeatmapEngine, normals: list[Path], config: HeatmapEvalConfig) -> dict[str, Any]:
+def _pixel_level(
+    engine: HeatmapEngine,
+    normals: list[Path],
+    config: HeatmapEvalConfig,
+    examples: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Pixel AUROC / AUPRO on synthetic lesions; ``examples`` (if given) receives the first image of each
+    lesion kind with its mask and maps, for the report figures (not cherry-picked)."""
     maps: dict[str, list[np.ndarray]] = {}
     masks: list[np.ndarray] = []
     kinds: list[str] = []
@@ -168,6 +184,13 @@ def _pixel_level(engine: HeatmapEngine, normals: list[Path], config: HeatmapEval
             maps.setdefault("both", []).append(result.map)
         masks.append(lesion.mask)
         kinds.append(kind)
+        if examples is not None and kind not in examples:
+            examples[kind] = {
+                "name": path.name,
+                "image": lesion.image,
+                "mask": lesion.mask,
+                "maps": dict(result.maps, **({"both": result.map} if engine.method == "both" else {})),
+            }
         if (i + 1) % 50 == 0 or i + 1 == len(normals):
             rate = (i + 1) / (time.monotonic() - t0)
             log.info(
@@ -201,8 +224,13 @@ def _pixel_level(engine: HeatmapEngine, normals: list[Path], config: HeatmapEval
     return out
 
 
-def evaluate_heatmaps(engine: HeatmapEngine, config: HeatmapEvalConfig) -> dict[str, Any]:
-    """Image- and pixel-level report for one engine (use method 'both' to get every method at once)."""
+def evaluate_heatmaps(
+    engine: HeatmapEngine, config: HeatmapEvalConfig, examples: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Image- and pixel-level report for one engine (use method 'both' to get every method at once).
+
+    ``examples`` (optional, filled in place) collects one synthetic-lesion example per kind for figures.
+    """
     items = list_graded(config.data, config.split, config.max_per_grade, config.seed)
     normals = [p for p, g in list_graded(config.data, config.split) if g == 0]
     if config.lesion_images is not None:
@@ -213,10 +241,13 @@ def evaluate_heatmaps(engine: HeatmapEngine, config: HeatmapEvalConfig) -> dict[
             "method": engine.method,
             "methods": list(engine.methods),
             "size": engine.size,
+            "units": "normal"
+            if engine.bank is not None and all(m in engine.bank.card.calibration for m in engine.methods)
+            else "raw",
             "bank": None if engine.bank is None else engine.bank.card.to_dict() | {"calibration": "..."},
         },
         "image_level": _image_level(engine, items, config.bootstrap),
-        "pixel_level": _pixel_level(engine, normals, config),
+        "pixel_level": _pixel_level(engine, normals, config, examples),
     }
     summary: dict[str, Any] = {}
     for m, e in report["image_level"]["methods"].items():
@@ -226,7 +257,35 @@ def evaluate_heatmaps(engine: HeatmapEngine, config: HeatmapEvalConfig) -> dict[
         summary[f"pixel_auroc[{m}]"] = e["pixel_auroc"]
         summary[f"aupro[{m}]"] = e["aupro"]
     report["summary"] = summary
+    report["verdict"] = verdict(report)
     return report
+
+
+def verdict(report: dict[str, Any]) -> dict[str, Any]:
+    """Which method to use by default, from the image-level AUROC: the combination only when its paired
+    bootstrap gain over the better single method is above 0 (95 % interval), else the better single."""
+    methods = report["image_level"]["methods"]
+    singles = {m: methods[m]["auroc_kl0_vs_kl34"] for m in ("recon", "patchknn") if m in methods}
+    singles = {m: v for m, v in singles.items() if v is not None}
+    if not singles:
+        return {"default_method": None, "reason": "no image-level AUROC"}
+    best = max(singles, key=lambda m: singles[m])
+    gains = report["image_level"].get("combination_gain", {})
+    helps = {k: g for k, g in gains.items() if g.get("helps")}
+    if helps:
+        return {
+            "default_method": "both",
+            "best_single": best,
+            "combination_helps": True,
+            "reason": f"combination AUROC gain over {best} has a 95 % interval above 0 ({sorted(helps)})",
+        }
+    return {
+        "default_method": best,
+        "best_single": best,
+        "combination_helps": False if gains else None,
+        "reason": f"{best} has the higher KL0-vs-KL3-4 AUROC"
+        + ("; the combination's gain interval includes 0 or is negative" if gains else ""),
+    }
 
 
 def evaluate_from_paths(
@@ -236,8 +295,19 @@ def evaluate_from_paths(
     out: str | Path,
     *,
     anatomy: str = "knee",
+    command: str | None = None,
+    n_examples: int = 3,
+    update_doc: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Load backbone (+ bank), evaluate every method it supports, write the JSON report atomically."""
+    """Load backbone (+ bank), evaluate every method it supports, write the report atomically.
+
+    ``out`` ending in ``.json``: the JSON report only. Otherwise a folder: ``heatmap_eval.json``,
+    ``README.md`` (tables + the ``command`` that made them) and PNG figures (ROC curve, score by grade,
+    overlays of the first ``n_examples`` KL 4 knees of the split and one KL 0 for contrast, one synthetic
+    lesion per kind with its ground truth). ``update_doc`` rewrites the results block of that markdown file
+    (docs/heatmaps.md), so one command refreshes every number when the default backbone changes.
+    """
+    from ..heatmaps.report import write_report
     from ..models import load_backbone
 
     model = load_backbone(backbone)
@@ -256,8 +326,24 @@ def evaluate_from_paths(
     else:
         method = "patchknn"
     engine = create_engine(model, method, normal_bank, config=HeatmapConfig(size=config.size))
-    report = evaluate_heatmaps(engine, config)
+    t0 = time.monotonic()
+    examples: dict[str, dict[str, Any]] = {}
+    report = evaluate_heatmaps(engine, config, examples)
     report["backbone"] = str(backbone)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+    report["command"] = command
+    report["seconds_total"] = time.monotonic() - t0
+    out = Path(out)
+    if out.suffix.lower() == ".json":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+        return report
+    graded = list_graded(config.data, config.split)
+    picks = [p for p, g in graded if g == 4][:n_examples] + [p for p, g in graded if g == 0][:1]
+    real = []
+    for path in picks:
+        result = engine.run(read_quietly(path))
+        grade = next(g for p, g in graded if p == path)
+        maps = dict(result.maps, **({"both": result.map} if engine.method == "both" else {}))
+        real.append({"name": path.name, "grade": grade, "image": read_quietly(path).array, "maps": maps})
+    write_report(report, out, real_examples=real, lesion_examples=examples, update_doc=update_doc)
     return report
