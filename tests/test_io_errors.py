@@ -211,6 +211,22 @@ def test_two_series_in_one_folder_is_mixed(shared_data: Path, tmp_path: Path) ->
     assert read_dicom_series(tmp_path / "series", series_uid=str(uid)).array.shape == (24, 512, 512)
 
 
+def test_several_radiographs_are_not_a_series(tmp_path: Path) -> None:
+    folder = tmp_path / "films"
+    folder.mkdir()
+    (folder / "a.dcm").symlink_to(get_testdata_file("RG3_UNCR.dcm"))
+    (folder / "b.dcm").symlink_to(get_testdata_file("RG1_UNCR.dcm"))
+    err = _raises("not a series: 2 of 2 DICOM files are separate 2D images .CR", folder)
+    assert "read each file" in str(err)
+    _raises("not a series", [folder / "a.dcm", folder / "b.dcm"])
+    # two views filed in one series (same SeriesInstanceUID): still not stackable
+    ds = pydicom.dcmread(get_testdata_file("RG3_UNCR.dcm"))
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    (folder / "b.dcm").unlink()  # a symlink into pydicom-data: never write through it
+    ds.save_as(folder / "b.dcm")
+    _raises("not a series: 2 of 2", folder)
+
+
 def test_duplicate_positions_are_mixed(shared_data: Path, tmp_path: Path) -> None:
     files = _knee(shared_data)
     _link_all(files, tmp_path / "series")

@@ -142,6 +142,17 @@ def test_rg3_spacing_unknown_warns() -> None:
     assert rec.body_part == "EXTREMITY" and rec.view == "AP" and rec.modality == "CR"
 
 
+def test_folder_with_one_radiograph_reads_that_radiograph(tmp_path: Path) -> None:
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "IM0001").symlink_to(get_testdata_file("RG3_J2KR.dcm"))
+    (tmp_path / "study" / "notes.txt").write_text("not DICOM: skipped")
+    folder, single = _read(tmp_path / "study"), _rg3("RG3_J2KR.dcm")
+    assert folder.array.shape == (1760, 1760) and not folder.is_volume
+    np.testing.assert_array_equal(folder.array, single.array)
+    assert folder.metadata["inverted"] is True and folder.modality == "CR"
+    assert folder.source == str(tmp_path / "study" / "IM0001")
+
+
 # --- compressed transfer syntaxes, colour, multi-frame -------------------------------------------
 
 

@@ -98,6 +98,30 @@ def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
     return float(value[0]), float(value[1])
 
 
+def has_slice_geometry(ds: Dataset) -> bool:
+    """True when a file can be stacked: it has ImagePositionPatient and ImageOrientationPatient."""
+    ipp, iop = ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient")
+    return ipp is not None and iop is not None and len(ipp) == 3 and len(iop) == 6
+
+
+def _reject_separate_images(headers: list[tuple[Path, Dataset]], source: object) -> None:
+    """Several files of which some are 2D images without slice geometry (radiographs): not a series.
+
+    Stacking separate films (AP + lateral, left + right) into a volume would be meaningless, and
+    failing later on the missing ImagePositionPatient would not say why.
+    """
+    flat = [(p, ds) for p, ds in headers if n_frames(ds) == 1 and not has_slice_geometry(ds)]
+    if len(headers) < 2 or not flat:
+        return
+    kinds = sorted({_text(ds, "Modality") or "unknown modality" for _, ds in flat})
+    names = ", ".join(p.name for p, _ in flat[:3]) + (", ..." if len(flat) > 3 else "")
+    raise ImageReadError(
+        f"{source}: not a series: {len(flat)} of {len(headers)} DICOM files are separate 2D images "
+        f"({', '.join(kinds)}: {names}) without ImagePositionPatient/ImageOrientationPatient, so they "
+        "cannot be stacked into a volume; read each file with read_image(file)"
+    )
+
+
 def _group_by_series(headers: list[tuple[Path, Dataset]], series_uid: str | None, source: object):
     groups: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
     for path, ds in headers:
@@ -133,12 +157,16 @@ def read_dicom_series(
             raise ImageReadError("empty list of DICOM files: not an image")
         source = files[0].parent if len(files) > 1 else files[0]
     headers = [(p, read_header(p)) for p in files]
+    if series_uid is None and all(not has_slice_geometry(ds) and n_frames(ds) == 1 for _, ds in headers):
+        _reject_separate_images(headers, source)  # several films: say so rather than "mixed series"
     members = _group_by_series(headers, series_uid, source)
-    if len(members) == 1 and n_frames(members[0][1]) > 1:
+    if len(members) == 1 and (n_frames(members[0][1]) > 1 or not has_slice_geometry(members[0][1])):
+        # one radiograph or multi-frame object: the same record as reading that file
         from .dicom import read_dicom_file
 
         return read_dicom_file(members[0][0], max_pixels=max_pixels, apply_voi_lut=apply_voi_lut,
                                ds=members[0][1])
+    _reject_separate_images(members, source)
 
     first = members[0][1]
     rows, cols = int(first.get("Rows") or 0), int(first.get("Columns") or 0)
