@@ -188,8 +188,19 @@ def test_calibrated_bank_gives_normal_units_and_both(backbone, knee_paths):
 
 
 # -- alignment on a non-square original -------------------------------------------------------------
-@pytest.mark.parametrize("center", [(400, 300), (150, 120), (650, 400)])
-def test_lesion_lands_on_its_pixel_in_the_output_map(backbone, wrist, center):
+@pytest.mark.parametrize(
+    ("orientation", "center"),
+    [
+        ("portrait", (400, 300)),
+        ("portrait", (150, 120)),
+        ("portrait", (650, 400)),
+        ("landscape", (300, 400)),  # the transposed film: padding above and below instead of at the sides
+        ("landscape", (420, 640)),
+    ],
+)
+def test_lesion_lands_on_its_pixel_in_the_output_map(backbone, wrist, orientation, center):
+    if orientation == "landscape":
+        wrist = replace(wrist, array=np.ascontiguousarray(wrist.array.T))
     # bank from the clean image itself: only the lesion is novel, so the map is deterministic
     bank = build_bank(backbone, [wrist], BankBuildConfig(coreset_ratio=1.0, calibration_fraction=0))
     engine = HeatmapEngine(backbone, "patchknn", bank)
@@ -202,6 +213,37 @@ def test_lesion_lands_on_its_pixel_in_the_output_map(backbone, wrist, center):
     top = result.regions[0]
     assert top.bbox_min_index[0] <= center[0] <= top.bbox_max_index[0]
     assert top.bbox_min_index[1] <= center[1] <= top.bbox_max_index[1]
+
+
+def test_fast_grid_mapping_matches_the_io_inverse_transform(backbone, wrist):
+    """The engine resamples canvas maps with its own crop + torch resize (speed); it must put every value
+    where ``PreparedImage.to_original`` (the reference inverse) puts it. Only the outermost original
+    pixels may differ: there io blends in the padding value and the engine replicates the image edge."""
+    engine = HeatmapEngine(backbone, "recon", None)
+    for record in (wrist, replace(wrist, array=np.ascontiguousarray(wrist.array.T))):
+        prepared = engine.prepare(record)
+        rng = np.random.default_rng(0)
+        canvas = ndimage_smooth(rng.random((1, engine.size, engine.size)).astype(np.float32))
+        fast = engine._to_record_grid(canvas, record, prepared)
+        ref = prepared[0].to_original(canvas[0], order=1)
+        assert fast.shape == ref.shape == record.array.shape
+        edge = int(np.ceil(1 / min(prepared[0].geometry.scale)))  # half a canvas pixel, rounded up
+        inner = (slice(edge, -edge), slice(edge, -edge))
+        np.testing.assert_allclose(fast[inner], ref[inner], atol=1e-5)
+
+
+def ndimage_smooth(x: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    return ndimage.gaussian_filter(x, (0, 3, 3))
+
+
+def test_run_reports_stage_timings(backbone, knee_paths):
+    bank = build_bank(backbone, knee_paths[:2], BankBuildConfig(coreset_ratio=1.0, calibration_fraction=0))
+    result = HeatmapEngine(backbone, "patchknn", bank).run(read(knee_paths[3]))
+    timings = result.info["timings_ms"]
+    assert {"prepare", "forward", "search", "smooth", "to_grid", "regions"} <= set(timings)
+    assert all(v >= 0 for v in timings.values()) and "recon" not in timings
 
 
 # -- outputs ---------------------------------------------------------------------------------------
@@ -343,3 +385,82 @@ def test_evaluation_smoke_on_the_knee_set(backbone, shared_data, knee_paths):
     for entry in pixel["methods"].values():
         assert 0 <= entry["pixel_auroc"] <= 1 and 0 <= entry["aupro"] <= 1
         assert sum(k["n"] for k in entry["per_kind"].values()) == 3
+    assert [(r["grade"], r["image"]) for r in image["per_image"]][:2] == [
+        (0, p.name) for p in image_paths(config)
+    ][:2]
+    assert report["verdict"]["default_method"] in {"recon", "patchknn", "both"}
+
+
+def image_paths(config) -> list[Path]:
+    from orthofm.evaluate.heatmap_eval import list_graded
+
+    return [p for p, _ in list_graded(config.data, config.split, config.max_per_grade, config.seed)]
+
+
+def test_report_folder_and_docs_block_are_regenerated_in_place(tmp_path):
+    """The report is regenerated whenever the backbone changes: figures + README written, and the docs
+    block between the markers replaced (twice: idempotent) without touching the text around it."""
+    from orthofm.heatmaps.report import DOC_END, write_report
+
+    rng = np.random.default_rng(0)
+    grades = np.repeat(np.arange(5), 6)
+    per_image = [
+        {
+            "image": f"{i}L.png",
+            "grade": int(g),
+            "recon": float(g + rng.normal()),
+            "patchknn": float(rng.normal()),
+        }
+        for i, g in enumerate(grades)
+    ]
+    methods = {
+        m: {
+            "auroc_kl0_vs_kl34": 0.7,
+            "auroc_ci95": [0.6, 0.8],
+            "spearman_grade": 0.3,
+            "mean_score_per_grade": {},
+        }
+        for m in ("recon", "patchknn")
+    }
+    pixel = {
+        "pixel_auroc": 0.8,
+        "aupro": 0.5,
+        "per_kind": {"break": {"n": 1, "pixel_auroc": 0.8, "aupro": 0.5}},
+    }
+    report = {
+        "config": {"split": "val", "lesions_per_image": 1},
+        "engine": {"method": "both", "size": 224, "units": "normal", "bank": None},
+        "image_level": {"n_images": 30, "n_per_grade": {}, "seconds_per_image": 1.0, "methods": methods,
+                        "per_image": per_image},
+        "pixel_level": {"n_images": 1, "lesion_fraction": 0.01, "seconds_per_image": 1.0,
+                        "methods": {"recon": pixel, "patchknn": pixel, "both": pixel}},
+        "verdict": {"default_method": "recon", "reason": "test"},
+        "command": "orthofm heatmap evaluate --test",
+        "backbone": "tiny",
+    }  # fmt: skip
+    image = rng.random((40, 60)).astype(np.float32)
+    mask = np.zeros((40, 60), dtype=bool)
+    mask[10:20, 10:20] = True
+    ex = {
+        "name": "x.png",
+        "image": image,
+        "mask": mask,
+        "maps": {"recon": image, "patchknn": image, "both": image},
+    }
+    doc = tmp_path / "heatmaps.md"
+    doc.write_text(
+        "# Heatmaps\n\nbefore\n\n<!-- heatmap-results:begin -->\nold numbers\n" + DOC_END + "\n\nafter\n"
+    )
+    out = tmp_path / "results"
+    for _ in range(2):
+        paths = write_report(
+            report, out, real_examples=[dict(ex, grade=4)], lesion_examples={"break": ex}, update_doc=doc
+        )
+    for key in ("roc", "grades", "real", "lesions"):
+        assert paths[key].stat().st_size > 5000, key
+    assert json.loads((out / "heatmap_eval.json").read_text())["figures"]["roc"] == "roc_kl0_vs_kl34.png"
+    readme = (out / "README.md").read_text()
+    assert "orthofm heatmap evaluate --test" in readme and "![ROC curves](roc_kl0_vs_kl34.png)" in readme
+    text = doc.read_text()
+    assert text.startswith("# Heatmaps\n\nbefore\n") and text.rstrip().endswith("after")
+    assert "old numbers" not in text and text.count(DOC_END) == 1 and "(results/README.md)" in text

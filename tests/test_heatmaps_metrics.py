@@ -5,8 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
+from sklearn.metrics import roc_curve as sk_roc_curve
 
-from orthofm.evaluate.anomaly_metrics import aupro, auroc, image_auroc, pixel_auroc, pro_curve, spearman
+from orthofm.evaluate.anomaly_metrics import (
+    aupro,
+    auroc,
+    auroc_ci95,
+    image_auroc,
+    pixel_auroc,
+    pro_curve,
+    roc_curve,
+    spearman,
+)
 
 
 def test_auroc_known_values_and_ties():
@@ -108,3 +118,35 @@ def test_paired_bootstrap_gain_detects_a_real_improvement_only():
     assert better["gain"] > 0.2 and better["helps"] and better["ci95_low"] > 0
     same = paired_bootstrap_gain(weak, {"a": weak}, y, n=300)
     assert same["gain"] == 0 and not same["helps"]
+
+
+def test_roc_curve_matches_sklearn_and_its_area_is_the_auroc():
+    rng = np.random.default_rng(1)
+    s, y = rng.normal(size=300).round(1), rng.integers(0, 2, 300)  # rounded: many ties
+    fpr, tpr = roc_curve(s, y)
+    assert fpr[0] == tpr[0] == 0 and fpr[-1] == tpr[-1] == 1
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+    assert np.trapz(tpr, fpr) == pytest.approx(auroc(s, y))
+    ref_fpr, ref_tpr, _ = sk_roc_curve(y, s, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, ref_fpr)
+    np.testing.assert_allclose(tpr, ref_tpr)
+    with pytest.raises(ValueError, match="both classes"):
+        roc_curve([0.1, 0.2], [0, 0])
+
+
+def test_auroc_ci95_brackets_the_estimate_and_shrinks_with_more_images():
+    rng = np.random.default_rng(2)
+
+    def sample(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.integers(0, 2, n)
+        return rng.normal(size=n) + y, y  # true AUROC ~0.76
+
+    widths = []
+    for n in (60, 2000):
+        s, y = sample(n)
+        lo, hi = auroc_ci95(s, y, n=300)
+        assert lo <= auroc(s, y) <= hi
+        widths.append(hi - lo)
+    assert widths[1] < widths[0] / 3  # ~1/sqrt(n): 5.8x narrower expected
+    lo, hi = auroc_ci95([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1], n=200)
+    assert lo == hi == 1.0  # perfectly separated in every resample

@@ -14,6 +14,7 @@ the image (padding excluded) -> map at the model canvas, smoothed with a Gaussia
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,20 @@ from .scores import normal_rank, normal_scale, top_fraction_mean
 __all__ = ["METHODS", "HeatmapConfig", "HeatmapEngine", "HeatmapResult", "PatchScores"]
 
 METHODS = ("recon", "patchknn", "both")
+
+
+class _Clock:
+    """Adds the seconds since the previous lap to ``sink[stage]`` (no-op without a sink)."""
+
+    def __init__(self, sink: dict[str, float] | None) -> None:
+        self.sink = sink
+        self.last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        if self.sink is not None:
+            self.sink[stage] = self.sink.get(stage, 0.0) + now - self.last
+        self.last = now
 
 
 def _smooth_slices(volume: np.ndarray, sigma_z: float) -> np.ndarray:
@@ -164,15 +179,27 @@ class HeatmapEngine:
     def prepare(self, record: ImageRecord) -> list[PreparedImage]:
         return self.inputs.prepare(record)
 
-    def patch_scores(self, record: ImageRecord, prepared: list[PreparedImage] | None = None) -> PatchScores:
-        """Raw scores of every method of this engine for one record (no smoothing, no inverse mapping)."""
+    def patch_scores(
+        self,
+        record: ImageRecord,
+        prepared: list[PreparedImage] | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> PatchScores:
+        """Raw scores of every method of this engine for one record (no smoothing, no inverse mapping).
+
+        ``timings`` (optional) receives seconds per stage (prepare, forward, search, recon), which is how
+        the benchmark shows where a heatmap's time goes.
+        """
+        clock = _Clock(timings)
         prepared = prepared or self.inputs.prepare(record)
+        clock.lap("prepare")
         x = self.inputs.batch(prepared)
         valid, canvas_valid = self.inputs.valid_patches(prepared)
         patch: dict[str, np.ndarray] = {}
         pixel: dict[str, np.ndarray] = {}
         if "patchknn" in self.methods:
             tokens = self.inputs.tokens(x)
+            clock.lap("forward")
             n, h, w, d = tokens.shape
             sims = self.bank.max_similarity(tokens.reshape(-1, d).numpy())
             dist = (1.0 - sims).reshape(n, h, w).astype(np.float32)
@@ -183,10 +210,12 @@ class HeatmapEngine:
                 mode="bilinear",
                 align_corners=False,
             )[:, 0].numpy()
+            clock.lap("search")
         if "recon" in self.methods:
             rm = reconstruction_error(self.backbone, x.to(self.inputs.device), self.config.recon)
             patch["recon"] = rm.patch.cpu().numpy().astype(np.float32)
             pixel["recon"] = rm.pixel.cpu().numpy().astype(np.float32)
+            clock.lap("recon")
         return PatchScores(
             prepared=prepared, patch=patch, pixel=pixel, valid=valid, canvas_valid=canvas_valid
         )
@@ -256,14 +285,18 @@ class HeatmapEngine:
         """The abnormality map of a radiograph or volume on its own pixel grid, its score and top regions."""
         if not isinstance(record, ImageRecord):
             raise TypeError(f"HeatmapEngine.run needs an orthofm.io.ImageRecord, got {type(record).__name__}")
-        ps = self.patch_scores(record)
+        timings: dict[str, float] = {}
+        ps = self.patch_scores(record, timings=timings)
+        clock = _Clock(timings)
         calib = self.bank.card.calibration if self.bank is not None else {}
         raw_scores = {m: self.image_score(ps.patch[m], ps.valid) for m in self.methods}
         canvas = self.canvas_maps(ps)
         calibrated = all(m in calib for m in self.methods)
         if calibrated:
             canvas = {m: normal_scale(v, calib[m]) for m, v in canvas.items()}
+        clock.lap("smooth")
         maps = {m: self._to_record_grid(v, record, ps.prepared) for m, v in canvas.items()}
+        clock.lap("to_grid")
         if self.method == "both":
             final = (maps["recon"] + maps["patchknn"]) / 2
             ranks = {m: normal_rank(raw_scores[m], calib[m]) for m in self.methods}
@@ -295,6 +328,7 @@ class HeatmapEngine:
             min_pixels=max(1, int(self.config.min_region_fraction * patch_area)),
             max_regions=self.config.max_regions,
         )
+        clock.lap("regions")
         info = {
             "backbone": backbone_id(self.backbone),
             "canvas_size": self.size,
@@ -308,6 +342,7 @@ class HeatmapEngine:
                 "n_patches": len(self.bank),
                 "n_source_images": self.bank.card.n_source_images,
             },
+            "timings_ms": {k: round(v * 1000, 1) for k, v in timings.items()},
         }
         return HeatmapResult(
             map=np.asarray(final, dtype=np.float32),
