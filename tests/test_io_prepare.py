@@ -18,7 +18,7 @@ from orthofm.io import (
     robust_scale,
 )
 from orthofm.io.mri import prepare_volume_slices, slice_indices, stack_2p5d
-from orthofm.io.prepare import IMAGENET_MEAN, IMAGENET_STD
+from orthofm.io.prepare import IMAGENET_MEAN, IMAGENET_STD, sample_canvas_map
 from orthofm.io.tiles import prepare_tiles
 
 
@@ -91,6 +91,38 @@ def test_patch_map_lands_on_its_pixels(wrist: np.ndarray) -> None:
     assert canvas[:, 0].min() >= 7 * 16 - 0.5 and canvas[:, 0].max() <= 8 * 16 - 0.5
     assert canvas[:, 1].min() >= 9 * 16 - 0.5 and canvas[:, 1].max() <= 10 * 16 - 0.5
     assert back.dtype == np.int32 and len(rows) > 100
+
+
+def _map_coordinates_reference(m: np.ndarray, geometry: LetterboxGeometry, order: int) -> np.ndarray:
+    """The inverse sampled point by point with scipy (the former implementation): ground truth."""
+    from scipy.ndimage import map_coordinates
+
+    (mh, mw), (sh, sw), (h, w) = m.shape, geometry.canvas_shape, geometry.original_shape
+    canvas = geometry.to_canvas(np.stack([np.arange(max(h, w))] * 2, 1).astype(float))
+    rr, cc = np.meshgrid((canvas[:h, 0] + 0.5) * mh / sh - 0.5, (canvas[:w, 1] + 0.5) * mw / sw - 0.5,
+                         indexing="ij")
+    src = m if order == 0 else m.astype(np.float32)
+    return map_coordinates(src, np.stack([rr, cc]), order=order, mode="nearest")
+
+
+@pytest.mark.parametrize("shape, size", [((1760, 1760), 224), ((727, 494), 224), ((1659, 1001), (224, 160)),
+                                         ((5, 7), 224), ((300, 40), 32)])
+def test_separable_inverse_equals_pointwise_sampling(shape: tuple[int, int], size) -> None:
+    geometry = LetterboxGeometry.fit(shape, size)
+    rng = np.random.default_rng(0)
+    for map_shape in [(14, 14), geometry.canvas_shape, (3, 5)]:
+        heat = rng.random(map_shape).astype(np.float32)
+        got = sample_canvas_map(heat, geometry, order=1)
+        assert got.shape == shape and got.dtype == np.float32
+        np.testing.assert_allclose(got, _map_coordinates_reference(heat, geometry, 1), atol=1e-6)
+        labels = rng.integers(0, 7, map_shape).astype(np.int16)
+        got0 = sample_canvas_map(labels, geometry, order=0)
+        assert got0.dtype == np.int16
+        np.testing.assert_array_equal(got0, _map_coordinates_reference(labels, geometry, 0))
+    stacked = sample_canvas_map(np.stack([heat, 2 * heat]), geometry)  # (C, h, w) -> (C, H, W)
+    np.testing.assert_allclose(stacked[1], 2 * stacked[0], rtol=1e-5)
+    with pytest.raises(ValueError, match="order must be 0"):
+        sample_canvas_map(heat, geometry, order=3)
 
 
 def test_letterbox_layout_and_normalisation(wrist: np.ndarray) -> None:
