@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import socket
+import subprocess
+import sys
+import threading
 
+import numpy as np
 import pytest
 import torch
 
-from orthofm.evaluate.baselines import BaselineConfig
+from orthofm.evaluate import protocol
+from orthofm.evaluate.baselines import BaselineCache, BaselineConfig, baseline_key
 from orthofm.evaluate.protocol import ProtocolConfig, run_protocol
 from orthofm.evaluate.splits import sample_fraction
 from orthofm.heads.labels import load_labels
@@ -71,3 +78,108 @@ def test_protocol_report_and_resume(shared_data, tmp_path) -> None:
 
     again = run_protocol(cfg, backbone=bb)  # resume: nothing left to do, same numbers
     assert [r["metrics"]["accuracy"] for r in again["runs"]] == [r["metrics"]["accuracy"] for r in runs]
+
+
+def _tiny_backbone(seed: int):
+    torch.manual_seed(seed)
+    return create_backbone("vit_tiny_patch16_dinov3_qkvb", img_size=SIZE, preprocess=PreprocessConfig(input_size=SIZE))
+
+
+def _small_config(shared_data, tmp_path, **kw) -> ProtocolConfig:
+    train = load_labels(shared_data / "knee_kl" / "train")
+    val = load_labels(shared_data / "knee_kl" / "val")
+    tr = train.subset(sample_fraction(train.y, train.patients, 0.015, seed=7))
+    te = val.subset(sample_fraction(val.y, val.patients, 0.02, seed=7))
+    settings = {
+        "fractions": (1.0,), "seeds": 1, "heads": ("probe",), "head_params": {"probe": {"cs": (1e-2,), "folds": 2}},
+        "baselines": ("resnet18",), "baseline_fractions": (1.0,), "baseline_seeds": 1,
+        "baseline": BaselineConfig(image_size=SIZE, max_epochs=1, patience=1, batch_size=16),
+        "out": str(tmp_path / "report"), "cache": str(tmp_path / "cache"), "baseline_cache": str(tmp_path / "baselines"),
+    }
+    settings.update(kw)
+    return ProtocolConfig(train=_csv(tmp_path / "train.csv", tr), test=_csv(tmp_path / "test.csv", te),
+                          task="knee_kl", command="pytest", **settings)
+
+
+def test_new_backbone_retrains_heads_but_reuses_cached_baselines(shared_data, tmp_path, monkeypatch) -> None:
+    """Resume is keyed on the backbone weights for heads; baselines come from the shared cache, never retrained."""
+    cfg = _small_config(shared_data, tmp_path)
+    first = run_protocol(cfg, backbone=_tiny_backbone(0))
+    (probe_a,) = [r for r in first["runs"] if r["method"] == "probe"]
+    (base_a,) = [r for r in first["runs"] if r["method"] == "resnet18"]
+    assert "cached_from" not in base_a and list((tmp_path / "baselines" / "resnet18").glob("*.json"))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached baseline was trained again")
+
+    monkeypatch.setattr(protocol, "train_baseline", no_training)
+    same = run_protocol(cfg, backbone=_tiny_backbone(0))  # same weights: everything resumed from results.json
+    assert [r["key"] for r in same["runs"]] == [r["key"] for r in first["runs"]]
+
+    second = run_protocol(cfg, backbone=_tiny_backbone(1))  # new weights, same report folder
+    (probe_b,) = [r for r in second["runs"] if r["method"] == "probe"]
+    (base_b,) = [r for r in second["runs"] if r["method"] == "resnet18"]
+    assert probe_b["backbone_id"] != probe_a["backbone_id"] and probe_b["key"] != probe_a["key"]
+    assert second["setup"]["backbone_id"] == probe_b["backbone_id"]
+    assert [r["key"] for r in second["runs"]].count(probe_a["key"]) == 0  # the old head run is gone
+    same_run = json.dumps(base_b, sort_keys=True) == json.dumps(base_a, sort_keys=True)  # (NaN != NaN in dicts)
+    assert same_run  # the baseline run does not depend on the backbone: kept
+
+    fresh = run_protocol(_small_config(shared_data, tmp_path, out=str(tmp_path / "fresh")),
+                         backbone=_tiny_backbone(1))  # new report folder: the baseline comes from the shared cache
+    (base_c,) = [r for r in fresh["runs"] if r["method"] == "resnet18"]
+    assert base_c["key"] == base_a["key"] and base_c["cached_from"].endswith(f"{base_a['key']}.json")
+    assert base_c["metrics"]["accuracy"] == base_a["metrics"]["accuracy"]
+    assert base_c["training"] == base_a["training"]  # the original compute is reported, not the cache read
+
+    # a report in a new folder with other baseline settings: missing from the cache -> pending, not trained
+    other = _small_config(shared_data, tmp_path, out=str(tmp_path / "other"), baselines_cached_only=True,
+                          baseline=BaselineConfig(image_size=SIZE, max_epochs=2, patience=1, batch_size=16))
+    third = run_protocol(other, backbone=_tiny_backbone(1))
+    assert [r["method"] for r in third["runs"]] == ["probe"]
+    assert [(p["method"], p["fraction"]) for p in third["pending"]] == [("resnet18", 1.0)]
+    md = (tmp_path / "other" / "summary.md").read_text()
+    assert "Pending baseline runs" in md and "still training" in md
+
+
+def test_baseline_key_ignores_the_backbone_but_not_the_settings() -> None:
+    data = {"train": "a", "test": "b", "classes": ["0", "1"]}
+    cfg = BaselineConfig(image_size=64)
+    key = baseline_key("resnet18", 1.0, 0, data=data, config=cfg, arch="vit_small", ordinal=True)
+    assert key == baseline_key("resnet18", 1.0, 0, data=data, config=cfg, arch="vit_base", ordinal=True)
+    assert key != baseline_key("resnet18", 1.0, 1, data=data, config=cfg, arch="vit_small", ordinal=True)
+    assert key != baseline_key("resnet18", 0.5, 0, data=data, config=cfg, arch="vit_small", ordinal=True)
+    assert key != baseline_key("resnet18", 1.0, 0, data={**data, "train": "c"}, config=cfg, arch="vit_small",
+                               ordinal=True)
+    assert key != baseline_key("resnet18", 1.0, 0, data=data, config=BaselineConfig(image_size=96), arch="vit_small",
+                               ordinal=True)
+    vit = baseline_key("vit_random", 1.0, 0, data=data, config=cfg, arch="vit_small", ordinal=True)
+    assert vit != baseline_key("vit_random", 1.0, 0, data=data, config=cfg, arch="vit_base", ordinal=True)
+
+
+def test_baseline_cache_claim_waits_for_a_live_trainer_and_takes_over_a_stale_lock(tmp_path) -> None:
+    cache = BaselineCache(tmp_path, poll_seconds=0.05)
+    lock = cache.path("resnet18", "k1").with_suffix(".lock")
+    lock.parent.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    lock.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    with cache.claim("resnet18", "k1") as entry:  # holder is dead: the lock is taken over
+        assert entry is None and json.loads(lock.read_text())["pid"] == os.getpid()
+        cache.put("resnet18", "k1", {"method": "resnet18"}, np.full((2, 2), 0.5), np.array([0, 1]))
+    assert not lock.exists()
+    with cache.claim("resnet18", "k1") as entry:
+        assert entry is not None and entry["y_test"] == [0, 1]
+
+    # a live holder (this process) that finishes while we wait: the waiter gets its entry, trains nothing
+    lock2 = cache.path("resnet18", "k2").with_suffix(".lock")
+    lock2.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    def finish() -> None:
+        cache.put("resnet18", "k2", {"method": "resnet18"}, np.full((1, 2), 0.5), np.array([1]))
+        lock2.unlink()
+
+    timer = threading.Timer(0.2, finish)
+    timer.start()
+    with cache.claim("resnet18", "k2") as entry:
+        assert entry is not None and entry["y_test"] == [1]
+    timer.join()

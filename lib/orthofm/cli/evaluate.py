@@ -1,4 +1,4 @@
-"""``orthofm evaluate``: the label-efficiency protocol and its report (quick preset for CI, full for the paper)."""
+"""``orthofm evaluate``: the label-efficiency protocol and its report (quick: CI smoke; cpu: a 2-core CPU; full)."""
 
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="report folder (summary.md, PNGs, results.json)")
     p.add_argument("--weights", default=None, help="backbone weights (default: the OrthoFM default model folder)")
     p.add_argument("--task", default="task", help="task name shown in the report")
-    p.add_argument("--preset", choices=("quick", "full"), default="full",
-                   help="quick: minutes, a few hundred images (CI smoke); full: the documented protocol")
+    p.add_argument("--preset", choices=("quick", "cpu", "full"), default="full",
+                   help="quick: minutes, a few hundred images (CI smoke); cpu: every frozen-feature head, budgeted "
+                        "fine-tuning and baselines (docs/heads.md); full: the documented protocol")
     p.add_argument("--fractions", type=_floats, help="label fractions in percent, e.g. 1,5,10,25,50,100")
     p.add_argument("--seeds", type=int, help="seeds per fraction")
     p.add_argument("--heads", type=_names, help="probe,knn,mlp,finetune (or none)")
@@ -34,7 +35,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline-fractions", type=_floats, help="fractions (percent) for the baselines")
     p.add_argument("--baseline-seeds", type=int)
     p.add_argument("--baseline-max-minutes", type=float, help="wall-clock safety budget per baseline training")
+    p.add_argument("--baseline-max-cpu-minutes", type=float,
+                   help="process CPU-time budget per baseline training (all threads; load-independent)")
     p.add_argument("--baseline-image-size", type=int)
+    p.add_argument("--baseline-cache", default=None,
+                   help="folder of finished baseline runs shared between reports (default: ~/.cache/orthofm/baselines)")
+    p.add_argument("--baselines-cached-only", action="store_true",
+                   help="never train a baseline: use cached runs and list the missing ones as pending")
     p.add_argument("--max-train-images", type=int, help="patient-grouped cap on the training split")
     p.add_argument("--max-test-images", type=int, help="patient-grouped cap on the test split")
     p.add_argument("--params", default=None, help='JSON head settings per kind, e.g. \'{"finetune": {"n_blocks": 2}}\'')
@@ -60,16 +67,23 @@ def run(args: argparse.Namespace) -> int:
     settings.update({k: v for k, v in overrides.items() if v is not None})
     if args.fractions is not None:
         settings.pop("head_fractions", None)
+    if args.seeds is not None:
+        settings.pop("head_seeds", None)
+    if args.baseline_fractions is not None:
+        settings.pop("baseline_method_fractions", None)
     if args.params:
         settings["head_params"] = {**settings.get("head_params", {}), **json.loads(args.params)}
     baseline = settings.get("baseline") or BaselineConfig()
     if args.baseline_max_minutes is not None:
         baseline = dataclasses.replace(baseline, max_minutes=args.baseline_max_minutes)
+    if args.baseline_max_cpu_minutes is not None:
+        baseline = dataclasses.replace(baseline, max_cpu_minutes=args.baseline_max_cpu_minutes)
     if args.baseline_image_size is not None:
         baseline = dataclasses.replace(baseline, image_size=args.baseline_image_size)
     settings["baseline"] = baseline
     config = ProtocolConfig(train=args.train, test=args.test, out=args.out, weights=args.weights, task=args.task,
-                            cache=args.cache, resume=not args.no_resume,
+                            cache=args.cache, resume=not args.no_resume, baseline_cache=args.baseline_cache,
+                            baselines_cached_only=args.baselines_cached_only,
                             command="orthofm " + " ".join(shlex.quote(a) for a in sys.argv[1:]), **settings)
     data = run_protocol(config)
     print(f"{len(data['runs'])} runs; report: {args.out}/summary.md")

@@ -6,14 +6,24 @@ part of its training labels says it has converged (or a stated budget ends it, w
 *not converged*), and its compute is measured (process CPU time, i.e. summed over threads, and wall time).
 Both use bf16 autocast on CPU, light augmentation (flip, shift, contrast), class-weighted loss, and the same
 temperature scaling on the held-out part as the heads.
+
+Baselines do not depend on the backbone under test (only ``vit_random`` borrows its architecture), and
+they are by far the most expensive runs of a report. ``BaselineCache`` therefore stores each finished run
+under a key of everything it does depend on (data, settings, fraction, seed), so a report for a new
+backbone reuses them instead of spending hours re-training identical models.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
 import math
+import os
+import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,17 +38,24 @@ from orthofm.heads.calibration import fit_temperature, softmax
 from orthofm.heads.embeddings import read_pixels
 from orthofm.heads.features import pool_tokens
 from orthofm.heads.mlp import ordinal_emd_loss
+from orthofm.utils.atomic import atomic_write_text
 
 from .splits import group_holdout
 
-__all__ = ["BASELINES", "BaselineConfig", "BaselineResult", "load_image_tensors", "train_baseline"]
+__all__ = ["BASELINES", "BaselineCache", "BaselineConfig", "BaselineResult", "load_image_tensors", "train_baseline"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class BaselineConfig:
-    """Training settings; ``max_epochs`` / ``max_minutes`` are safety nets, early stopping is the rule."""
+    """Training settings; ``max_epochs`` / ``max_minutes`` / ``max_cpu_minutes`` are budgets, early stopping the rule.
+
+    ``mean`` / ``std`` normalise the grey images. They are the baseline's own (equal to the default backbone's
+    preprocessing), not the backbone's, so that a new backbone never changes a baseline's numbers or its cache key.
+    ``max_cpu_minutes`` is process CPU time (all threads): unlike wall time it does not shrink when other jobs
+    load the machine, so a budgeted run trains the same number of epochs on a busy or an idle machine.
+    """
 
     image_size: int = 224
     batch_size: int = 32
@@ -50,8 +67,11 @@ class BaselineConfig:
     weight_decay: float = 0.05
     warmup_epochs: int = 2
     max_minutes: float | None = None
+    max_cpu_minutes: float | None = None
     bf16: bool = True
     ordinal_loss: bool = True
+    mean: float = 0.5
+    std: float = 0.25
 
 
 @dataclass
@@ -192,6 +212,9 @@ def train_baseline(
         nll = float(-np.mean(np.log(np.clip(softmax(hold_logits)[np.arange(len(hold_idx)), y[hold_idx]], 1e-12, 1))))
         plateau.step(nll)
         bar.set_postfix(held_out_nll=f"{nll:.3f}", best=best_epoch)
+        log.info("%s epoch %d: held-out NLL %.4f (best %.4f at %d), %.1f CPU-min, %.1f wall-min so far", name, epoch,
+                 nll, min(nll, best_nll), best_epoch if nll >= best_nll - 1e-4 else epoch,
+                 (time.process_time() - cpu0) / 60, (time.perf_counter() - t0) / 60)
         if nll < best_nll - 1e-4:
             best_nll, best_epoch = nll, epoch
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -199,7 +222,10 @@ def train_baseline(
             stop_reason = f"early stopping (no held-out NLL gain for {cfg.patience} epochs)"
             break
         if cfg.max_minutes is not None and time.perf_counter() - t0 > 60 * cfg.max_minutes:
-            stop_reason = f"time budget ({cfg.max_minutes} min)"
+            stop_reason = f"time budget ({cfg.max_minutes:g} wall-min)"
+            break
+        if cfg.max_cpu_minutes is not None and time.process_time() - cpu0 > 60 * cfg.max_cpu_minutes:
+            stop_reason = f"CPU budget ({cfg.max_cpu_minutes:g} CPU-min)"
             break
     bar.close()
     cpu_minutes, wall_minutes = (time.process_time() - cpu0) / 60, (time.perf_counter() - t0) / 60
@@ -214,3 +240,126 @@ def train_baseline(
         threads=torch.get_num_threads(), temperature=calibration.temperature, held_out=len(hold_idx),
         best_held_out_nll=best_nll, stop_reason=stop_reason,
     )
+
+
+CACHE_FORMAT = "orthofm-baseline-run/1"
+
+
+def baseline_key(method: str, fraction: float, seed: int, *, data: dict[str, Any], config: BaselineConfig,
+                 arch: str, ordinal: bool) -> str:
+    """Key of one baseline run: everything its numbers depend on, and nothing else.
+
+    ``data`` fingerprints the training and test sets (image bytes, labels, patients, classes). The backbone
+    under test is deliberately absent: only ``vit_random`` depends on its architecture name (not its weights),
+    so a new backbone of the same architecture reuses every cached baseline.
+    """
+    fields = {"format": CACHE_FORMAT, "method": method, "fraction": round(float(fraction), 6), "seed": int(seed),
+              "data": data, "config": asdict(config), "ordinal": bool(ordinal),
+              "arch": arch if method == "vit_random" else None}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class BaselineCache:
+    """Finished baseline runs on disk, one JSON per run: ``<root>/<method>/<key>.json`` (atomic writes).
+
+    A run being trained holds ``<key>.lock`` (pid + host). Another report that needs the same run waits for
+    it instead of training a duplicate for hours on a shared CPU; a lock left by a dead process is taken over.
+    """
+
+    def __init__(self, root: str | Path, poll_seconds: float = 30.0) -> None:
+        self.root = Path(root)
+        self.poll_seconds = poll_seconds
+
+    def path(self, method: str, key: str) -> Path:
+        return self.root / method / f"{key}.json"
+
+    def get(self, method: str, key: str) -> dict[str, Any] | None:
+        """The cached entry (``run``, ``probs``, ``y_test``) or None; an unreadable entry counts as missing."""
+        path = self.path(method, key)
+        if not path.is_file():
+            return None
+        try:
+            entry = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable baseline cache entry %s: %s", path, exc)
+            return None
+        if entry.get("format") != CACHE_FORMAT or entry.get("key") != key:
+            log.warning("ignoring baseline cache entry %s: wrong format or key", path)
+            return None
+        return entry
+
+    def put(self, method: str, key: str, run: dict[str, Any], probs: np.ndarray, y_test: np.ndarray,
+            fields: dict[str, Any] | None = None) -> Path:
+        path = self.path(method, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        entry = {"format": CACHE_FORMAT, "key": key, "fields": fields or {}, "run": run,
+                 "probs": np.asarray(probs, dtype=np.float64).round(6).tolist(),
+                 "y_test": np.asarray(y_test).astype(int).tolist()}
+        atomic_write_text(path, json.dumps(entry, default=_plain))
+        return path
+
+    def _try_lock(self, lock: Path) -> bool:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}, fh)
+        return True
+
+    def _holder_alive(self, lock: Path) -> bool:
+        try:
+            info = json.loads(lock.read_text())
+        except (OSError, ValueError):
+            return True  # being written right now; look again at the next poll
+        if info.get("host") != socket.gethostname():
+            return True  # cannot check another machine's process: trust the lock
+        return _pid_alive(int(info.get("pid", -1)))
+
+    @contextlib.contextmanager
+    def claim(self, method: str, key: str) -> Iterator[dict[str, Any] | None]:
+        """Yield the cached entry if present (after waiting for a live trainer of the same run), else None
+        while holding the run's lock: the caller trains and ``put``s, then the lock is released."""
+        lock = self.path(method, key).with_suffix(".lock")
+        waited, last_log = 0.0, -math.inf
+        while True:
+            entry = self.get(method, key)
+            if entry is not None:
+                yield entry
+                return
+            if self._try_lock(lock):
+                break
+            if not self._holder_alive(lock):
+                log.warning("taking over stale baseline lock %s", lock)
+                lock.unlink(missing_ok=True)
+                continue
+            if waited - last_log >= 600:
+                log.info("waiting for another process training %s (%s); %.0f min so far", method, lock, waited / 60)
+                last_log = waited
+            time.sleep(self.poll_seconds)
+            waited += self.poll_seconds
+        try:
+            yield None
+        finally:
+            lock.unlink(missing_ok=True)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot serialise {type(obj).__name__}")

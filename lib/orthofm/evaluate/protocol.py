@@ -6,10 +6,16 @@ sample for every method, so methods are compared on identical labels). Heads on 
 on it, with all model selection and calibration done inside the sample, and scored on the test split,
 which no method ever sees before scoring. Results are written after every run, so an interrupted full run
 resumes where it stopped (``resume=True``).
+
+Resume is keyed per run on everything the run depends on: a head run on the backbone id (a hash of every
+weight tensor), the data fingerprints and the head's settings, so a report for new weights never reuses a
+head trained on old features; a baseline run on the data, its settings, fraction and seed but not on the
+backbone, and it is also kept in a ``BaselineCache`` shared between reports (hours of CPU, computed once).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shlex
@@ -22,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from orthofm.heads.embeddings import EmbeddingStore, read_pixels
+from orthofm.heads.embeddings import EmbeddingStore, content_hash, read_pixels
 from orthofm.heads.finetune import FinetuneConfig, prefix_tokens, suffix_features, train_finetune
 from orthofm.heads.labels import LabeledSet, load_labels
 from orthofm.heads.runtime import default_cache_dir, default_model_dir
@@ -31,11 +37,11 @@ from orthofm.heads.train import finish_head, fit_head
 from orthofm.models import Backbone
 from orthofm.utils.atomic import atomic_write_text
 
-from .baselines import BaselineConfig, load_image_tensors, train_baseline
+from .baselines import BaselineCache, BaselineConfig, baseline_key, load_image_tensors, train_baseline
 from .metrics import classification_metrics, confusion_matrix, reliability_bins
 from .splits import assert_disjoint_groups, sample_fraction
 
-__all__ = ["PRESETS", "ProtocolConfig", "run_protocol"]
+__all__ = ["PRESETS", "ProtocolConfig", "data_fingerprint", "head_key", "run_protocol"]
 
 log = logging.getLogger(__name__)
 FEATURE_HEADS = ("probe", "knn", "mlp")
@@ -55,11 +61,15 @@ class ProtocolConfig:
     seeds: int = 3
     heads: tuple[str, ...] = ("probe", "knn", "mlp", "finetune")
     head_fractions: dict[str, tuple[float, ...]] = field(default_factory=dict)  # per-method override
+    head_seeds: dict[str, int] = field(default_factory=dict)  # per-method override of ``seeds``
     head_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     baselines: tuple[str, ...] = ("resnet18", "vit_random")
     baseline_fractions: tuple[float, ...] = (0.10, 0.50, 1.0)
+    baseline_method_fractions: dict[str, tuple[float, ...]] = field(default_factory=dict)  # per-baseline override
     baseline_seeds: int = 3
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    baseline_cache: str | None = None  # shared store of finished baseline runs (default: next to the embeddings)
+    baselines_cached_only: bool = False  # never train a baseline: use cached runs, list the others as pending
     ordinal: bool | None = None
     max_train_images: int | None = None  # patient-grouped subsample of the training split (quick runs)
     max_test_images: int | None = None
@@ -75,6 +85,10 @@ class ProtocolConfig:
         return d
 
 
+# measured: see docs/heads.md "The cpu preset" for the per-epoch cost behind these two numbers
+CPU_BASELINE_SIZE = 224
+CPU_BASELINE_CPU_MINUTES = 40.0
+
 PRESETS: dict[str, dict[str, Any]] = {
     # minutes on a tiny backbone: CI / smoke test of the whole pipeline, numbers meaningless
     "quick": {
@@ -84,6 +98,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "baselines": ("resnet18", "vit_random"), "baseline_fractions": (1.0,), "baseline_seeds": 1,
         "baseline": BaselineConfig(image_size=64, max_epochs=2, patience=1, batch_size=16),
         "max_train_images": 160, "max_test_images": 80,
+    },
+    # what a 2-core CPU shared with other jobs affords (docs/heads.md "The cpu preset"): every frozen-feature head
+    # at every fraction and seed (seconds each on cached embeddings), fine-tuning and the baselines at the
+    # fractions the two questions need, one seed, with CPU-time budgets that the report flags as "not converged"
+    "cpu": {
+        "fractions": (0.01, 0.05, 0.10, 0.25, 0.50, 1.0), "seeds": 3, "heads": ("probe", "knn", "mlp", "finetune"),
+        "head_fractions": {"finetune": (0.5, 1.0)}, "head_seeds": {"finetune": 1},
+        "head_params": {"finetune": {"n_blocks": 2, "max_epochs": 15, "patience": 3, "max_cpu_minutes": 20}},
+        "baselines": ("resnet18", "vit_random"), "baseline_fractions": (1.0, 0.5),
+        "baseline_method_fractions": {"vit_random": (1.0,)}, "baseline_seeds": 1,
+        "baseline": BaselineConfig(image_size=CPU_BASELINE_SIZE, max_epochs=60, patience=6,
+                                   max_cpu_minutes=CPU_BASELINE_CPU_MINUTES, max_minutes=720),
     },
     # the published protocol: 6 fractions x 3 seeds, every head, both baselines to convergence
     "full": {
@@ -101,30 +127,56 @@ def _grouped_cap(data: LabeledSet, n_max: int | None, seed: int) -> LabeledSet:
     return data.subset(idx)
 
 
-def _run_key(method: str, fraction: float, seed: int) -> str:
-    return f"{method}|{fraction:g}|{seed}"
+def _digest(fields: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def data_fingerprint(data: LabeledSet) -> str:
+    """Hash of a labelled set: every image's bytes, label and patient, in order, plus the class list.
+
+    Paths are left out on purpose: the same images in another folder are the same data. Order is kept
+    because the grouped samples are drawn by index.
+    """
+    h = hashlib.sha256(json.dumps(list(data.classes)).encode())
+    for path, label, patient in zip(data.paths, data.labels, data.patients):
+        h.update(f"{content_hash(path)}\t{label}\t{patient}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def head_key(method: str, fraction: float, seed: int, *, backbone_id: str, data: dict[str, Any],
+             params: dict[str, Any] | None, ordinal: bool) -> str:
+    """Key of one head run: backbone weights (their id), data, head settings, fraction and seed."""
+    return _digest({"method": method, "fraction": round(float(fraction), 6), "seed": int(seed),
+                    "backbone_id": backbone_id, "data": data, "params": params or {}, "ordinal": bool(ordinal)})
 
 
 class _Results:
-    """results.json kept up to date after every run (atomic), reloaded when resuming."""
+    """results.json kept up to date after every run (atomic), reloaded when resuming.
 
-    def __init__(self, path: Path, config: ProtocolConfig, resume: bool) -> None:
+    Only runs whose key is in the current plan are kept: a run made with other weights, data or settings
+    is dropped (and logged), never silently mixed into a new report.
+    """
+
+    def __init__(self, path: Path, config: ProtocolConfig, resume: bool, planned: set[str]) -> None:
         self.path = path
-        self.data: dict[str, Any] = {"config": config.to_dict(), "runs": [], "predictions": {}}
+        self.data: dict[str, Any] = {"config": config.to_dict(), "runs": [], "predictions": {}, "pending": []}
         if resume and path.is_file():
             old = json.loads(path.read_text())
-            if old.get("config", {}).get("train") == config.train and old.get("config", {}).get("test") == config.test:
-                self.data["runs"] = old.get("runs", [])
-                self.data["predictions"] = old.get("predictions", {})
-                log.info("resuming: %d runs already in %s", len(self.data["runs"]), path)
-        self.done = {_run_key(r["method"], r["fraction"], r["seed"]) for r in self.data["runs"]}
+            runs = old.get("runs", [])
+            kept = [r for r in runs if r.get("key") in planned]
+            self.data["runs"] = kept
+            keys = {r["key"] for r in kept}
+            self.data["predictions"] = {k: v for k, v in old.get("predictions", {}).items() if v.get("key") in keys}
+            log.info("resuming: %d of %d runs in %s match this configuration (%d dropped: other weights, data or "
+                     "settings)", len(kept), len(runs), path, len(runs) - len(kept))
+        self.done = {r["key"] for r in self.data["runs"]}
 
     def add(self, run: dict[str, Any], probs: np.ndarray | None = None, y_test: np.ndarray | None = None) -> None:
         self.data["runs"].append(run)
-        self.done.add(_run_key(run["method"], run["fraction"], run["seed"]))
-        if probs is not None and run["seed"] == 0 and run["fraction"] in (0.5, 1.0):
+        self.done.add(run["key"])
+        if probs is not None and y_test is not None and run["seed"] == 0 and run["fraction"] in (0.5, 1.0):
             self.data["predictions"][f"{run['method']}|{run['fraction']:g}"] = {
-                "probs": np.round(probs, 5).tolist(), "y": y_test.tolist()}
+                "key": run["key"], "probs": np.round(probs, 5).tolist(), "y": y_test.tolist()}
         self.save()
 
     def save(self) -> None:
@@ -189,40 +241,50 @@ def run_protocol(config: ProtocolConfig, backbone: Backbone | None = None) -> di
     k = len(train.classes)
     y, y_test = train.y, test.y
     store = EmbeddingStore(config.cache or default_cache_dir(), backbone, batch_size=config.batch_size)
+    data_fp = {"train": data_fingerprint(train), "test": data_fingerprint(test), "classes": list(train.classes)}
     log.info("protocol: %d train images (%d patients), %d test images, classes %s, ordinal=%s, backbone %s",
              len(train), len(set(train.patients)), len(test), train.classes, ordinal, store.backbone_id)
-    t_embed = time.perf_counter()
-    x, x_test = store.embed_paths(train.paths), store.embed_paths(test.paths)
-    results = _Results(out / "results.json", config, config.resume)
+    plan = _plan(config)
+    keys = {p: _key(config, p, store.backbone_id, data_fp, ordinal, backbone.arch) for p in plan}
+    results = _Results(out / "results.json", config, config.resume, set(keys.values()))
     results.data["setup"] = {
-        "backbone_id": store.backbone_id, "arch": backbone.arch, "weights": str(weights),
+        "backbone_id": store.backbone_id, "arch": backbone.arch, "weights": str(weights), "data": data_fp,
         "n_train": len(train), "n_train_patients": len(set(train.patients)), "n_test": len(test),
         "n_test_patients": len(set(test.patients)), "classes": train.classes, "ordinal": ordinal,
         "train_class_counts": np.bincount(y, minlength=k).tolist(),
-        "test_class_counts": np.bincount(y_test, minlength=k).tolist(),
-        "embedding_seconds": time.perf_counter() - t_embed, "threads": torch.get_num_threads(),
+        "test_class_counts": np.bincount(y_test, minlength=k).tolist(), "threads": torch.get_num_threads(),
     }
-    plan = _plan(config)
-    log.info("protocol: %d runs planned (%d already done)", len(plan), sum(_run_key(*p) in results.done for p in plan))
+    todo = [p for p in plan if keys[p] not in results.done]
+    log.info("protocol: %d runs planned (%d already done)", len(plan), len(plan) - len(todo))
+    x = x_test = None
+    if any(m in FEATURE_HEADS for m, _, _ in todo):
+        t_embed = time.perf_counter()
+        x, x_test = store.embed_paths(train.paths), store.embed_paths(test.paths)
+        results.data["setup"]["embedding_seconds"] = time.perf_counter() - t_embed
+    cache = None
+    if config.baselines:
+        cache = BaselineCache(config.baseline_cache or default_cache_dir().parent / "baselines")
+        results.data["setup"]["baseline_cache"] = str(cache.root)
     bb_info = {"id": store.backbone_id, "arch": backbone.arch, "weights": str(weights)}
     tokens = test_tokens = None
-    image_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    images: tuple[torch.Tensor, torch.Tensor] | None = None
     t_start = time.perf_counter()
-    todo = [p for p in plan if _run_key(*p) not in results.done]
     for n_done, (method, fraction, seed) in enumerate(todo, start=1):
+        key = keys[(method, fraction, seed)]
         idx = sample_fraction(y, train.patients, fraction, seed)
         sub_groups = [train.patients[i] for i in idx]
         assert_disjoint_groups(train.patients + test.patients, idx, np.arange(len(train), len(train) + len(test)))
         t0, cpu0 = time.perf_counter(), time.process_time()
-        run: dict[str, Any] = {"method": method, "fraction": fraction, "seed": seed, "n_train": len(idx),
+        run: dict[str, Any] = {"method": method, "fraction": fraction, "seed": seed, "key": key, "n_train": len(idx),
                                "n_patients": len(set(sub_groups))}
         head = None
         if method in FEATURE_HEADS:
+            assert x is not None and x_test is not None
             head = fit_head(x[idx], y[idx], sub_groups, train.classes, kind=method, task=config.task, ordinal=ordinal,
                             seed=seed, backbone=bb_info, label_fraction=fraction,
                             params=config.head_params.get(method))
             probs = head.predict_proba(x_test)
-            run.update(params=head.card.params, calibration=head.card.calibration)
+            run.update(backbone_id=store.backbone_id, params=head.card.params, calibration=head.card.calibration)
         elif method == "finetune":
             ft_cfg = FinetuneConfig(**config.head_params.get("finetune", {}))
             if tokens is None:
@@ -238,30 +300,58 @@ def run_protocol(config: ProtocolConfig, backbone: Backbone | None = None) -> di
                 feats = torch.cat([suffix_features(tuned, test_tokens[s : s + 64], start, grid).float()
                                    for s in range(0, len(test_tokens), 64)]).numpy()
             probs = head.predict_proba(feats)
-            run.update(params=head.card.params, calibration=head.card.calibration, fit=fit.info)
+            run.update(backbone_id=store.backbone_id, params=head.card.params, calibration=head.card.calibration,
+                       fit=fit.info)
         else:
-            size = config.baseline.image_size
-            if size not in image_cache:
-                pre = backbone.preprocess
-                image_cache[size] = (load_image_tensors(train.paths, size, pre.mean[0], pre.std[0]),
-                                     load_image_tensors(test.paths, size, pre.mean[0], pre.std[0]))
-            imgs, test_imgs = image_cache[size]
-            res = train_baseline(method, imgs[torch.as_tensor(idx)], y[idx], sub_groups, test_imgs, k,
-                                 arch=backbone.arch, ordinal=ordinal, config=config.baseline, seed=seed)
-            probs = res.probs
-            run.update(training=res.summary())
+            assert cache is not None
+            entry = cache.get(method, key)
+            if entry is None and config.baselines_cached_only:
+                results.data["pending"].append({"method": method, "fraction": fraction, "seed": seed, "key": key,
+                                                "cache": str(cache.path(method, key))})
+                log.info("[%d/%d] %s f=%g seed=%d: not in the baseline cache, listed as pending", n_done, len(todo),
+                         method, fraction, seed)
+                continue
+            if entry is None:
+                with cache.claim(method, key) as entry:
+                    if entry is None:
+                        if images is None:
+                            size, bcfg = config.baseline.image_size, config.baseline
+                            images = (load_image_tensors(train.paths, size, bcfg.mean, bcfg.std),
+                                      load_image_tensors(test.paths, size, bcfg.mean, bcfg.std))
+                        res = train_baseline(method, images[0][torch.as_tensor(idx)], y[idx], sub_groups, images[1],
+                                             k, arch=backbone.arch, ordinal=ordinal, config=config.baseline, seed=seed)
+                        probs = res.probs
+                        run.update(training=res.summary(), wall_seconds=time.perf_counter() - t0,
+                                   cpu_seconds=time.process_time() - cpu0)
+                        path = cache.put(method, key, run, probs, y_test, fields={
+                            "data": data_fp, "config": asdict(config.baseline), "fraction": fraction, "seed": seed})
+                        log.info("baseline run cached in %s", path)
+            if entry is not None:
+                if entry["y_test"] != y_test.tolist():
+                    raise RuntimeError(f"baseline cache entry {cache.path(method, key)} has other test labels")
+                probs = np.asarray(entry["probs"], dtype=np.float64)
+                run = {**entry["run"], "cached_from": str(cache.path(method, key))}
         run["metrics"] = _metrics(y_test, probs, ordinal, head)
-        run["wall_seconds"] = time.perf_counter() - t0
-        run["cpu_seconds"] = time.process_time() - cpu0
+        run.setdefault("wall_seconds", time.perf_counter() - t0)
+        run.setdefault("cpu_seconds", time.process_time() - cpu0)
         results.add(run, probs, y_test)
         elapsed = time.perf_counter() - t_start
-        log.info("[%d/%d] %s f=%g seed=%d: acc %.3f qwk %s (%.0f s; elapsed %.1f min)", n_done, len(todo), method,
+        log.info("[%d/%d] %s f=%g seed=%d: acc %.3f qwk %s (%.0f s; elapsed %.1f min)%s", n_done, len(todo), method,
                  fraction, seed, run["metrics"]["accuracy"], f"{run['metrics'].get('qwk', float('nan')):.3f}",
-                 run["wall_seconds"], elapsed / 60)
+                 run["wall_seconds"], elapsed / 60, " [baseline cache]" if "cached_from" in run else "")
     results.data["summary"] = summarise(results.data["runs"])
     results.save()
     write_report(results.data, out)
     return results.data
+
+
+def _key(config: ProtocolConfig, item: tuple[str, float, int], backbone_id: str, data: dict[str, Any],
+         ordinal: bool, arch: str) -> str:
+    method, fraction, seed = item
+    if method in ALL_METHODS:
+        return head_key(method, fraction, seed, backbone_id=backbone_id, data=data,
+                        params=config.head_params.get(method), ordinal=ordinal)
+    return baseline_key(method, fraction, seed, data=data, config=config.baseline, arch=arch, ordinal=ordinal)
 
 
 def _plan(config: ProtocolConfig) -> list[tuple[str, float, int]]:
@@ -269,10 +359,12 @@ def _plan(config: ProtocolConfig) -> list[tuple[str, float, int]]:
     for method in config.heads:
         if method not in ALL_METHODS:
             raise ValueError(f"unknown head {method!r}; choose from {ALL_METHODS}")
+        seeds = config.head_seeds.get(method, config.seeds)
         for f in config.head_fractions.get(method, config.fractions):
-            plan += [(method, float(f), s) for s in range(config.seeds)]
+            plan += [(method, float(f), s) for s in range(seeds)]
     for method in config.baselines:
-        plan += [(method, float(f), s) for f in config.baseline_fractions for s in range(config.baseline_seeds)]
+        fractions = config.baseline_method_fractions.get(method, config.baseline_fractions)
+        plan += [(method, float(f), s) for f in fractions for s in range(config.baseline_seeds)]
     return plan
 
 
@@ -296,6 +388,7 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         cpu = [r.get("training", {}).get("cpu_minutes", r["cpu_seconds"] / 60) for r in rs]
         row["cpu_minutes"] = {"mean": float(np.mean(cpu)), "total": float(np.sum(cpu))}
         conv = [r["training"]["converged"] for r in rs if "training" in r]
+        conv += [r["fit"]["converged"] for r in rs if "converged" in r.get("fit", {})]
         if conv:
             row["converged"] = f"{sum(conv)}/{len(conv)}"
         rows.append(row)

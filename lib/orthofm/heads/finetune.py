@@ -162,6 +162,8 @@ class FinetuneConfig:
     loss: str | None = None  # "ce" | "ce+emd" (default: ce+emd for ordinal tasks)
     bf16: bool = True
     max_minutes: float | None = None
+    # process CPU time (all threads): a budget that means the same on a busy and an idle machine
+    max_cpu_minutes: float | None = None
 
 
 def train_finetune(
@@ -218,6 +220,7 @@ def train_finetune(
     t0, cpu0 = time.perf_counter(), time.process_time()
     bar = tqdm(range(1, cfg.max_epochs + 1), desc="fine-tune", unit="epoch", leave=False)
     epoch = 0
+    stop_reason = f"max_epochs ({cfg.max_epochs})" if len(hold_idx) else "no held-out part: fixed epochs"
     for epoch in bar:
         order = fit_idx[rng.permutation(len(fit_idx))]
         for s in range(0, len(order), cfg.batch_size):
@@ -233,9 +236,15 @@ def train_finetune(
             if value < best[0] - 1e-4:
                 best = (value, epoch, state())
             elif epoch - best[1] >= cfg.patience:
+                stop_reason = f"early stopping (no held-out NLL gain for {cfg.patience} epochs)"
                 break
         if cfg.max_minutes is not None and time.perf_counter() - t0 > 60 * cfg.max_minutes:
+            stop_reason = f"time budget ({cfg.max_minutes:g} wall-min)"
             log.warning("fine-tune stopped by the %.1f min budget at epoch %d", cfg.max_minutes, epoch)
+            break
+        if cfg.max_cpu_minutes is not None and time.process_time() - cpu0 > 60 * cfg.max_cpu_minutes:
+            stop_reason = f"CPU budget ({cfg.max_cpu_minutes:g} CPU-min)"
+            log.warning("fine-tune stopped by the %.1f CPU-min budget at epoch %d", cfg.max_cpu_minutes, epoch)
             break
     bar.close()
     if len(hold_idx):
@@ -256,6 +265,7 @@ def train_finetune(
     calib = evaluate(hold_idx).double().numpy() if len(hold_idx) else np.zeros((0, n_classes))
     info = {"epochs_run": epoch, "best_epoch": best[1], "held_out": len(hold_idx),
             "held_out_nll": best[0] if len(hold_idx) else None, "loss": loss_name,
+            "stop_reason": stop_reason, "converged": stop_reason.startswith("early stopping"),
             "wall_seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu0}
     log.info("fine-tune: %d epochs, best held-out NLL %.4f at %d", epoch, best[0], best[1])
     return out, FitResult(logits=calib, y=y[hold_idx], info=info)
