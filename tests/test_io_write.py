@@ -148,6 +148,25 @@ def test_seg_nrrd_for_2d_radiograph(tmp_path: Path) -> None:
     np.testing.assert_array_equal(seg["voxels"][:, :, 0].T, labels)
 
 
+def test_float_heatmap_written_raw_and_read_by_itk_like_slicer(knee: ImageRecord, tmp_path: Path) -> None:
+    """Float maps default to raw NRRD (gzip barely shrinks float32 and took seconds); labels stay gzip."""
+    heat = (knee.array / knee.array.max()).astype(np.float32)
+    out = write_like(heat, knee, tmp_path / "heat.nrrd")
+    header = nrrd.read_header(str(out))
+    assert header["encoding"] == "raw" and header["type"] == "float"
+    assert out.stat().st_size >= heat.nbytes
+    img = sitk.ReadImage(str(out))  # ITK's NRRD reader, as 3D Slicer loads it
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(img), heat)
+    np.testing.assert_allclose(img.GetOrigin(), knee.origin, atol=1e-4)
+    forced = write_volume(heat[:2], tmp_path / "heat_gz.nrrd", spacing=knee.spacing, compression_level=1)
+    assert nrrd.read_header(str(forced))["encoding"] == "gzip"
+    np.testing.assert_array_equal(read_image(forced).array, heat[:2])
+    mask = write_like(heat > 0.5, knee, tmp_path / "mask.nrrd")
+    assert nrrd.read_header(str(mask))["encoding"] == "gzip"
+    with pytest.raises(ValueError, match="compression_level must be 0-9"):
+        write_like(heat, knee, tmp_path / "bad.nrrd", compression_level=11)
+
+
 def test_write_volume_explicit_geometry_and_atomic_replace(tmp_path: Path) -> None:
     vol = np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4)
     direction = np.array([[0.0, 0, 1], [0, 1, 0], [-1, 0, 0]])  # (D,H,W) axes along +S, +P, -L
