@@ -12,6 +12,12 @@ depends on size and conditioning, not on where the vectors came from. ``referenc
 ``LogisticRegression`` fit at C = 0.01 on the same features, so ``ratio`` is the cost of the model
 selection (grouped 5-fold CV over the C grid) in single fits.
 
+Baseline rows: process CPU-seconds of one training step (batch 32, bf16 autocast, AdamW; forward, backward,
+update) of the ResNet-18 baseline at 224 and 128 px, the numbers behind the ``cpu`` preset's image size and
+budget (docs/heads.md, "The cpu preset"). CPU time, not wall time, because the evaluation budgets are CPU
+time; run once with and once without ``OMP_WAIT_POLICY=PASSIVE`` to see what spinning OpenMP threads cost
+on a loaded machine.
+
 Backbone: the shipped default model (monailabel_app/model/orthofm_vits16) when present, else a randomly
 initialised ViT-S/16 of the same architecture (same latency).
 """
@@ -37,6 +43,9 @@ SHARED = REPO.parent / "shared" / "data"
 N_BATCH_IMAGES = 64
 N_SINGLE_IMAGES = 8
 HEAD_SIZES = (1000, 10000)
+BASELINE_SIZES = (224, 128)
+BASELINE_STEPS = 2
+TRAIN_IMAGES = 3000  # knee KL training split: converts a step into CPU-minutes per epoch
 
 
 def _backbone() -> tuple[torch.nn.Module, str]:
@@ -137,10 +146,55 @@ def _selection(head) -> str:
     return f"early stopping at epoch {fit.get('epochs')}"
 
 
+def _baseline_step_cpu_seconds(size: int) -> tuple[float, float]:
+    """(CPU-s, wall-s) of one ResNet-18 baseline training step on a random batch of 32, after a warm-up step."""
+    import os
+
+    from orthofm.evaluate.baselines import BASELINES
+
+    torch.manual_seed(0)
+    model = BASELINES["resnet18"](5, "vit_small_patch16_dinov3_qkvb", size).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, y = torch.randn(32, size, size), torch.randint(0, 5, (32,))
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            z = model(x).float()
+        loss = torch.nn.functional.cross_entropy(z, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    step()
+    t, c = time.perf_counter(), os.times()
+    for _ in range(BASELINE_STEPS):
+        step()
+    e = os.times()
+    cpu = (e.user - c.user) + (e.system - c.system)
+    return cpu / BASELINE_STEPS, (time.perf_counter() - t) / BASELINE_STEPS
+
+
+def _baseline_rows() -> list[dict]:
+    import os
+
+    rows, ref = [], None
+    policy = os.environ.get("OMP_WAIT_POLICY", "default")
+    for size in BASELINE_SIZES:
+        cpu, wall = _baseline_step_cpu_seconds(size)
+        rows.append({"name": f"ResNet-18 baseline train step, {size} px", "value": cpu, "unit": "s",
+                     "reference": ref, "ratio": None if ref is None else cpu / ref,
+                     "notes": f"process CPU-s per batch of 32 (bf16, AdamW), {torch.get_num_threads()} threads, "
+                              f"OMP_WAIT_POLICY={policy}; wall {wall:.2f} s; ~{cpu * TRAIN_IMAGES / 32 / 60:.1f} "
+                              f"CPU-min per epoch on {TRAIN_IMAGES} images"
+                              + ("; reference = 224 px" if ref is not None else "")})
+        ref = ref if ref is not None else cpu
+    return rows
+
+
 def run() -> list[dict]:
     configure_threads()
     bb, source = _backbone()
-    return _embedding_rows(bb, source) + _head_rows(2 * int(bb.embed_dim))
+    return _embedding_rows(bb, source) + _head_rows(2 * int(bb.embed_dim)) + _baseline_rows()
 
 
 if __name__ == "__main__":

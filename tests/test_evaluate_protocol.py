@@ -183,3 +183,34 @@ def test_baseline_cache_claim_waits_for_a_live_trainer_and_takes_over_a_stale_lo
     with cache.claim("resnet18", "k2") as entry:
         assert entry is not None and entry["y_test"] == [1]
     timer.join()
+
+
+def test_cpu_preset_plan_and_cli_flags(monkeypatch, tmp_path) -> None:
+    """``--preset cpu`` plans every frozen-feature head at 6 fractions x 3 seeds and the budgeted rest, and the
+    baseline-cache flags reach the configuration (checked without running anything)."""
+    import argparse
+
+    from orthofm.cli import evaluate as cli
+
+    seen: dict[str, ProtocolConfig] = {}
+
+    def fake_run(config: ProtocolConfig) -> dict:
+        seen["config"] = config
+        return {"runs": []}
+
+    monkeypatch.setattr(protocol, "run_protocol", fake_run)
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    args = parser.parse_args(["evaluate", "--train", "a", "--test", "b", "--out", str(tmp_path), "--preset", "cpu",
+                              "--baseline-cache", str(tmp_path / "bc"), "--baselines-cached-only"])
+    assert args.func(args) == 0
+    cfg = seen["config"]
+    assert cfg.baseline_cache == str(tmp_path / "bc") and cfg.baselines_cached_only
+    assert cfg.baseline.max_cpu_minutes and cfg.baseline.max_minutes  # budgets on, reported as not converged
+    plan = protocol._plan(cfg)
+    for method in ("probe", "knn", "mlp"):
+        assert sorted({(f, s) for m, f, s in plan if m == method}) == sorted(
+            (f, s) for f in (0.01, 0.05, 0.1, 0.25, 0.5, 1.0) for s in range(3))
+    assert sorted((f, s) for m, f, s in plan if m == "finetune") == [(0.5, 0), (1.0, 0)]
+    assert sorted((f, s) for m, f, s in plan if m == "resnet18") == [(0.5, 0), (1.0, 0)]
+    assert [(f, s) for m, f, s in plan if m == "vit_random"] == [(1.0, 0)]

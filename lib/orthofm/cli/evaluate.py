@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     settings["baseline"] = baseline
     config = ProtocolConfig(train=args.train, test=args.test, out=args.out, weights=args.weights, task=args.task,
                             cache=args.cache, resume=not args.no_resume, baseline_cache=args.baseline_cache,
-                            baselines_cached_only=args.baselines_cached_only,
+                            baselines_cached_only=args.baselines_cached_only, preset=args.preset,
                             command="orthofm " + " ".join(shlex.quote(a) for a in sys.argv[1:]), **settings)
     data = run_protocol(config)
     print(f"{len(data['runs'])} runs; report: {args.out}/summary.md")

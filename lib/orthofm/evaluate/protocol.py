@@ -78,6 +78,7 @@ class ProtocolConfig:
     resume: bool = True
     reference: dict[str, float] = field(default_factory=dict)  # published numbers to compare against
     command: str = ""
+    preset: str = ""  # shown in the report; not part of any run key
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -72,6 +72,23 @@ def _answer_half_labels(summary: list[dict[str, Any]], data: dict[str, Any] | No
     return lines
 
 
+def _majority_line(setup: dict[str, Any]) -> list[str]:
+    """Accuracy of always answering the most frequent training grade: the floor any method must clear."""
+    train, test = setup.get("train_class_counts"), setup.get("test_class_counts")
+    if not train or not test or not sum(test):
+        return []
+    top = int(np.argmax(train))
+    name = (setup.get("classes") or [str(i) for i in range(len(train))])[top]
+    return [(f"- Floor: always answering the most frequent training grade ({name}) scores accuracy "
+            f"{test[top] / sum(test):.3f} on this test split (QWK 0, macro-F1 {_majority_f1(test, top):.3f}).")]
+
+
+def _majority_f1(test_counts: list[int], top: int) -> float:
+    n = sum(test_counts)
+    f1_top = 2 * test_counts[top] / (n + test_counts[top])
+    return f1_top / len(test_counts)
+
+
 def _answer_sota(summary: list[dict[str, Any]]) -> list[str]:
     full = [r for r in summary if abs(r["fraction"] - 1.0) < 1e-9 and "accuracy" in r]
     if not full:
@@ -125,14 +142,18 @@ def _baseline_lines(data: dict[str, Any]) -> list[str]:
                  f"{b.get('patience', '?')} epochs, budgets per run: {budget or 'none'}. *Converged* means stopped by "
                  "early stopping; a run stopped by a budget is marked as such and is a lower bound on what the "
                  "method reaches. CPU-min = process CPU time summed over threads."),
+                *([] if config.get("preset") != "cpu" else [
+                    "", "Why 224 px and a 40 CPU-minute budget per baseline: docs/heads.md, *The cpu preset*."]),
                 "",
                 "| method | labels | seed | epochs | best epoch | stopped by | CPU-min | wall-min | threads |",
                 "|---|---|---|---|---|---|---|---|---|", *lines]
     pending = data.get("pending", [])
     if pending:
         out += ["", "### Pending baseline runs", "",
-                ("Not yet in the baseline cache when this report was written (`--baselines-cached-only`); rerunning "
-                "the command fills them in without retraining anything else."), "",
+                ("Not yet in the baseline cache when this report was written (`--baselines-cached-only`). The same "
+                 "command without `--baselines-cached-only` trains them (add `--heads none` to train only them; a run "
+                 "another process is already training is waited for, not duplicated); rerunning this command "
+                 "afterwards fills them in without retraining any head."), "",
                 "| baseline | labels | seed | cache entry |", "|---|---|---|---|"]
         out += [f"| {METHOD_NAMES.get(p['method'], p['method'])} | {100 * p['fraction']:g} % | {p['seed']} | "
                 f"`{p['cache']}` |" for p in pending]
@@ -244,7 +265,7 @@ def write_report(data: dict[str, Any], out: str | Path) -> Path:
     lines = [
         f"# Label efficiency: {config.get('task', 'task')}",
         "",
-        "Made by:",
+        f"Made by (preset `{config.get('preset') or 'custom'}`):",
         "",
         "```",
         config.get("command", ""),
@@ -269,6 +290,7 @@ def write_report(data: dict[str, Any], out: str | Path) -> Path:
         "**How far from the published state of the art?**",
         "",
         *_answer_sota(summary),
+        *_majority_line(setup),
         "",
         "## Results",
         "",
