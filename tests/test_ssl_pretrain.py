@@ -123,3 +123,16 @@ def test_two_process_ddp_keeps_ranks_identical(shared_data: Path, tmp_path: Path
     (d0, s0), (d1, s1) = result["digests"]
     assert s0 == s1 == 3
     assert d0 == d1, "ranks diverged: DDP did not synchronise gradients"
+
+
+def test_uniform_collapse_detector() -> None:
+    from orthofm.ssl.collapse import dino_uniform_collapse
+
+    k = 4096
+    # DINO losses logged by a real run continued from MAE weights (steps 170-260): pinned at ln(4096) = 8.318
+    pinned = [8.3195, 8.3189, 8.3193, 8.3193, 8.3192, 8.3186, 8.3178, 8.3185, 8.3187, 8.3181]
+    assert dino_uniform_collapse(pinned, k)
+    learning = [8.30, 8.1, 7.8, 7.5, 7.2, 7.0, 6.8, 6.7, 6.5, 6.4]
+    assert not dino_uniform_collapse(learning, k)
+    assert not dino_uniform_collapse(pinned[:5], k), "too short a history must not warn"
+    assert not dino_uniform_collapse(pinned, 65536), "ln(K) depends on the number of prototypes"

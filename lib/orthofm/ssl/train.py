@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from orthofm.models import Backbone, PreprocessConfig, create_backbone
 
 from .augment import augment_view
+from .collapse import dino_uniform_collapse
 from .config import PretrainConfig, save_config
 from .data import DecodedImageCache, discover_sources
 from .meta_arch import SSLMetaArch
@@ -221,6 +222,8 @@ def pretrain(config: PretrainConfig) -> Path:
                  config.arch, config.objective, len(cache), total_steps, global_batch, steps_per_epoch, lr)
 
     meta.train()
+    dino_history: list[float] = []
+    collapse_warned = False
     while step < end_step:
         epoch, within = divmod(step, steps_per_epoch)
         perm = torch.randperm(len(cache), generator=torch.Generator().manual_seed(config.seed * 100003 + epoch))
@@ -254,6 +257,13 @@ def pretrain(config: PretrainConfig) -> Path:
             _append_metrics(out / METRICS, step, epoch, current_lr, size, rate, values)
             log.info("step %d/%d epoch %d size %d loss %.4f lr %.2e | %.1f img/s, ETA %s",
                      step, end_step, epoch, size, values["loss"], current_lr, rate, _fmt_eta(eta))
+            if "dino" in values and step > warmup:
+                dino_history.append(values["dino"])
+                if not collapse_warned and dino_uniform_collapse(dino_history, d.out_dim):
+                    collapse_warned = True
+                    log.warning("the DINO loss has stayed at ln(%d) = %.3f for %d logs: teacher outputs are uniform "
+                                "(collapse), so DINO teaches nothing; see docs/pretraining.md, 'DINO from MAE weights'",
+                                d.out_dim, math.log(d.out_dim), len(dino_history[-10:]))
 
         due = (config.checkpoint_every_steps > 0 and step % config.checkpoint_every_steps == 0) or (
             config.checkpoint_every_steps <= 0 and time.time() - last_ckpt_time > 60 * config.checkpoint_every_minutes
