@@ -2,7 +2,9 @@
 
 Each bench module exposes ``run() -> list[dict]``; a row has ``name``, ``value``, ``unit``, ``reference``,
 ``ratio`` (value / reference; None when there is no reference), ``notes`` and optionally
-``higher_is_better`` (default: True, except for time and size units). The report carries the machine
+``higher_is_better`` (default: True, except for time and size units) and ``compare`` (a side-by-side entry:
+rows sharing its ``what`` become one line of a table beside another system's measured behaviour, e.g. MONAI
+Label 0.8.5 for ``bench_app``; see ``render_comparisons``). The report carries the machine
 description, because a timing on a shared 2-core box means little without the CPU, its load and versions.
 
 Regression check: every row is compared with the same row in the last *committed* ``docs/benchmarks.json``
@@ -182,6 +184,51 @@ def _fmt(value: object) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
+COMPARISON_TITLES = {
+    "monailabel_0.8.5": ("OrthoFM's server beside MONAI Label 0.8.5",
+                         ("Issue 10's table. The OrthoFM column is this run (`bench_app`, a real server on 127.0.0.1);"
+                         " the MONAI Label column quotes `../shared/reference/monailabel-0.8.5-measured.md` (its row"
+                         " numbers in brackets), measured on a similar 2-core machine with a sample app: same"
+                         " questions, different runs, and for throughput a different task, so compare behaviour"
+                         " (errors, blocking, losses) more than raw speed."),
+                         "MONAI Label 0.8.5 (measured reference)"),
+}
+
+
+def _cell(row: dict, fmt: str) -> str:
+    try:
+        return fmt.format(**row)
+    except (KeyError, ValueError, TypeError, IndexError):  # a malformed format must not lose the report
+        return f"{row['value']} {row['unit']}"
+
+
+def render_comparisons(results: list[dict]) -> list[str]:
+    """Markdown tables from rows with a ``compare`` entry, one table per ``compare['table']``.
+
+    Rows that share ``what`` (e.g. throughput, p50 and p95 at one client count) fill one line, in row order;
+    the first non-empty ``monai_label`` / ``goal`` of the group fills those columns."""
+    tables: dict[str, dict[str, dict]] = {}
+    for r in results:
+        c = r.get("compare")
+        if not isinstance(c, dict) or "what" not in c:
+            continue
+        line = tables.setdefault(str(c.get("table", "comparison")), {}).setdefault(
+            str(c["what"]), {"cells": [], "reference": "", "goal": ""})
+        line["cells"].append(_cell(r, str(c.get("cell", "{value} {unit}"))))
+        line["reference"] = line["reference"] or str(c.get("monai_label", ""))
+        line["goal"] = line["goal"] or str(c.get("goal", ""))
+    lines: list[str] = []
+    for table, rows in tables.items():
+        title, intro, ref_col = COMPARISON_TITLES.get(table, (table, "", "reference"))
+        lines += [f"## {title}", "", intro, "", f"| measured | OrthoFM (this run) | {ref_col} | goal |",
+                  "|---|---|---|---|"]
+        for what, line in rows.items():
+            lines.append("| " + " | ".join(_fmt(v) or "–" for v in (
+                what, ", ".join(line["cells"]), line["reference"], line["goal"])) + " |")
+        lines.append("")
+    return lines
+
+
 def render_markdown(report: dict) -> str:
     """Human-readable ``docs/benchmarks.md`` from the report dict."""
     m = report["machine"]
@@ -209,6 +256,9 @@ def render_markdown(report: dict) -> str:
     for r in report["results"]:
         lines.append("| " + " | ".join(_fmt(r[k]) for k in ("bench", "name", "value", "unit", "reference",
                                                                  "ratio", "notes")) + " |")
+    comparisons = render_comparisons(report["results"])
+    if comparisons:
+        lines += [""] + comparisons[:-1]
     lines += ["", "## Regressions (> 20% worse than the last committed report)", ""]
     if report["regressions"]:
         lines += [f"- {g['bench']}/{g['name']}: {g['previous']} -> {g['current']} {g['unit']}"

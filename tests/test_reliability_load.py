@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 from test_app_harness import ServerProcess, build_studies
 
-P95_INFO_MS = 50.0
+# /info p95 during an inference burst / one single-image inference: a blocked event loop gives about 1 or more
+MAX_INFO_OVER_INFER = 0.5
 
 
 @pytest.fixture(scope="module")
@@ -51,47 +52,80 @@ def jitter(png: bytes, seed: int) -> bytes:
 
 
 BURST = """
-import sys, httpx
+import json, sys, time, httpx
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 url, folder = sys.argv[1], Path(sys.argv[2])
 files = sorted(folder.glob("*.png"))
 def one(p):
-    return httpx.post(url + "/infer/embedding", files={"file": ("x.png", p.read_bytes())}, timeout=300).status_code
+    t0 = time.time()
+    code = httpx.post(url + "/infer/embedding", files={"file": ("x.png", p.read_bytes())}, timeout=120).status_code
+    return t0, time.time(), code
 with ThreadPoolExecutor(8) as pool:
-    codes = list(pool.map(one, files))
-print(sum(c == 200 for c in codes), len(codes))
+    print(json.dumps(list(pool.map(one, files))))
 """
+BURST_DEADLINE_S = 300  # 24 uploads take ~10 s on a quiet 2-core box; a hung server fails instead of stalling CI
 
 
+def in_flight(t: float, spans: list[tuple[float, float]]) -> bool:
+    return any(a <= t <= b for a, b in spans)
+
+
+@pytest.mark.timeout(BURST_DEADLINE_S + 120)
 def test_info_stays_fast_during_an_inference_burst_and_requests_batch(env, tmp_path: Path) -> None:
+    """/info must not wait behind inference (MONAI Label's /info waited 650 ms: its /infer runs on the loop).
+
+    Only /info samples taken while an /infer request was in flight count (wall-clock spans reported by the
+    burst process), so a burst that starts late or ends early cannot pass with idle samples. The bound is a
+    ratio measured side by side, so it holds on a loaded CI box and on a quiet one alike: if inference ran on
+    the event loop, /info would wait for the rest of the running forward pass (batches of queued requests run
+    back to back), so its p95 would be close to or above one single-image inference; it must stay under half
+    of it. The absolute goal (p95 under 50 ms) is a speed goal and lives in ``benchmarks/bench_app.py``
+    (``info_p95_during_infer_burst``, in the table beside MONAI Label in docs/benchmarks.md), not here.
+    """
     url = env["srv"].url
     assert upload_infer(url, env["pngs"][0]).status_code == 200  # warm-up: model loaded
+    single = []
+    for i in range(3):  # one image at a time, just before the burst: the cost of one forward on this box now
+        t0 = time.perf_counter()
+        assert upload_infer(url, jitter(env["pngs"][1], 900 + i)).status_code == 200
+        single.append((time.perf_counter() - t0) * 1000)
+    single_ms = float(np.median(single))
     for i in range(24):
         (tmp_path / f"{i:02d}.png").write_bytes(jitter(env["pngs"][i % 5], i))
+
     # the burst comes from another process, so this process's GIL does not inflate the /info timings
-    def sample(c: httpx.Client) -> float:
-        t0 = time.perf_counter()
+    def sample(c: httpx.Client) -> tuple[float, float]:
+        start, t0 = time.time(), time.perf_counter()
         assert c.get("/info/").status_code == 200
+        ms = (time.perf_counter() - t0) * 1000
         time.sleep(0.02)
-        return (time.perf_counter() - t0 - 0.02) * 1000
+        return start, ms
 
     with httpx.Client(base_url=url, timeout=30) as c:
-        idle = [sample(c) for _ in range(60)]
+        idle = [sample(c)[1] for _ in range(60)]
         burst = subprocess.Popen([sys.executable, "-c", BURST, url, str(tmp_path)], stdout=subprocess.PIPE,
                                  text=True)
-        time.sleep(0.5)
-        busy = []
-        while burst.poll() is None:
-            busy.append(sample(c))
-        idle += [sample(c) for _ in range(60)]
-    assert burst.stdout.read().split() == ["24", "24"]
+        samples = []
+        deadline = time.monotonic() + BURST_DEADLINE_S
+        while burst.poll() is None and time.monotonic() < deadline:
+            samples.append(sample(c))
+        if burst.poll() is None:
+            burst.kill()
+            burst.wait()
+            pytest.fail(f"24 uploads did not finish within {BURST_DEADLINE_S} s")
+        idle += [sample(c)[1] for _ in range(60)]
+    spans = json.loads(burst.stdout.read())
+    assert [code for _, _, code in spans] == [200] * 24
+    busy = [ms for start, ms in samples if in_flight(start, [(a, b) for a, b, _ in spans])]
+    infer_p50 = float(np.median([(b - a) * 1000 for a, b, _ in spans]))
     p95_idle, p95_busy = float(np.percentile(idle, 95)), float(np.percentile(busy, 95))
-    print(f"/info p95: idle {p95_idle:.1f} ms, during the burst {p95_busy:.1f} ms (n={len(busy)})")
-    assert len(busy) >= 20
-    # The 50 ms budget is the server's: on a box whose foreign load already delays an idle /info, that
-    # baseline is not charged to the server (on an unloaded machine idle p95 is a few ms).
-    assert p95_busy - p95_idle < P95_INFO_MS, f"/info p95 {p95_busy:.1f} ms in the burst vs {p95_idle:.1f} ms idle"
+    print(f"/info p95: idle {p95_idle:.1f} ms, during the burst {p95_busy:.1f} ms (n={len(busy)}); one inference "
+          f"{single_ms:.0f} ms, /infer p50 in the burst {infer_p50:.0f} ms; ratio {p95_busy / single_ms:.3f}")
+    assert len(busy) >= 20, f"only {len(busy)} /info samples overlapped the burst"
+    assert p95_busy < MAX_INFO_OVER_INFER * single_ms, (
+        f"/info p95 {p95_busy:.1f} ms during the burst is of the order of one inference ({single_ms:.0f} ms): "
+        "is inference blocking the event loop?")
     batching = httpx.get(url + "/info/").json()["orthofm"]["batching"]
     assert batching["largest_batch"] >= 2, batching  # queued requests to the model ran as one forward
 
