@@ -150,3 +150,28 @@ def test_auroc_ci95_brackets_the_estimate_and_shrinks_with_more_images():
     assert widths[1] < widths[0] / 3  # ~1/sqrt(n): 5.8x narrower expected
     lo, hi = auroc_ci95([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1], n=200)
     assert lo == hi == 1.0  # perfectly separated in every resample
+
+
+def test_verdict_changes_the_default_only_on_measured_evidence():
+    from orthofm.evaluate.heatmap_eval import verdict
+
+    def report(recon_ci, patch_ci, helps):
+        methods = {
+            "recon": {"auroc_kl0_vs_kl34": sum(recon_ci) / 2, "auroc_ci95": list(recon_ci)},
+            "patchknn": {"auroc_kl0_vs_kl34": sum(patch_ci) / 2, "auroc_ci95": list(patch_ci)},
+        }
+        gain = {"both_calibrated": {"gain": 0.05 if helps else -0.01, "helps": helps}}
+        pixel = {"recon": {"aupro": 0.3}, "patchknn": {"aupro": 0.5}}
+        return {
+            "image_level": {"methods": methods, "combination_gain": gain},
+            "pixel_level": {"methods": pixel},
+        }
+
+    # recon slightly higher but its interval includes 0.5: nothing earned a change, patchknn stays
+    v = verdict(report((0.40, 0.62), (0.35, 0.60), helps=False))
+    assert v["default_method"] == "patchknn" and not v["best_single_separates"]
+    assert v["best_single"] == "recon" and v["best_pixel_aupro"] == "patchknn"
+    # recon measurably separates: it becomes the default
+    assert verdict(report((0.60, 0.80), (0.45, 0.60), helps=False))["default_method"] == "recon"
+    # a combination whose gain interval is above 0 wins
+    assert verdict(report((0.60, 0.80), (0.45, 0.60), helps=True))["default_method"] == "both"

@@ -261,30 +261,50 @@ def evaluate_heatmaps(
     return report
 
 
-def verdict(report: dict[str, Any]) -> dict[str, Any]:
-    """Which method to use by default, from the image-level AUROC: the combination only when its paired
-    bootstrap gain over the better single method is above 0 (95 % interval), else the better single."""
+def verdict(report: dict[str, Any], keep: str = "patchknn") -> dict[str, Any]:
+    """Which method to use by default. The combination only when its paired bootstrap AUROC gain over the
+    better single method is above 0 (95 % interval); a single method only when it measurably separates
+    KL 0 from KL 3-4 (its AUROC interval above 0.5). Otherwise nothing has earned a change and ``keep``
+    (the CLI default: needs no MAE decoder) stays. Pixel-level AUPRO is reported alongside, not voted on:
+    synthetic lesions say how well a map localises a drawn defect, not whether the model sees disease."""
     methods = report["image_level"]["methods"]
-    singles = {m: methods[m]["auroc_kl0_vs_kl34"] for m in ("recon", "patchknn") if m in methods}
-    singles = {m: v for m, v in singles.items() if v is not None}
+    singles = {m: methods[m] for m in ("recon", "patchknn") if m in methods}
+    singles = {m: e for m, e in singles.items() if e["auroc_kl0_vs_kl34"] is not None}
+    pixel = report.get("pixel_level", {}).get("methods", {})
+    best_pixel = max(pixel, key=lambda m: pixel[m]["aupro"]) if pixel else None
     if not singles:
-        return {"default_method": None, "reason": "no image-level AUROC"}
-    best = max(singles, key=lambda m: singles[m])
+        return {"default_method": keep, "reason": "no image-level AUROC", "best_pixel_aupro": best_pixel}
+    best = max(singles, key=lambda m: singles[m]["auroc_kl0_vs_kl34"])
+    ci = singles[best].get("auroc_ci95") or [float("nan"), float("nan")]
+    separates = bool(ci[0] > 0.5)
     gains = report["image_level"].get("combination_gain", {})
-    helps = {k: g for k, g in gains.items() if g.get("helps")}
+    helps = sorted(k for k, g in gains.items() if g.get("helps"))
+    out: dict[str, Any] = {
+        "best_single": best,
+        "best_single_separates": separates,
+        "combination_helps": bool(helps) if gains else None,
+        "best_pixel_aupro": best_pixel,
+    }
     if helps:
         return {
+            **out,
             "default_method": "both",
-            "best_single": best,
-            "combination_helps": True,
-            "reason": f"combination AUROC gain over {best} has a 95 % interval above 0 ({sorted(helps)})",
+            "reason": f"combination AUROC gain over {best} has a 95 % interval above 0 ({helps})",
+        }
+    no_combo = "; the combination does not measurably help (gain interval includes 0 or is negative)"
+    if separates:
+        return {
+            **out,
+            "default_method": best,
+            "reason": f"{best} has the higher KL0-vs-KL3-4 AUROC, interval above 0.5"
+            + (no_combo if gains else ""),
         }
     return {
-        "default_method": best,
-        "best_single": best,
-        "combination_helps": False if gains else None,
-        "reason": f"{best} has the higher KL0-vs-KL3-4 AUROC"
-        + ("; the combination's gain interval includes 0 or is negative" if gains else ""),
+        **out,
+        "default_method": keep if keep in singles else best,
+        "reason": f"no method separates KL 0 from KL 3-4 (best, {best}: 95 % interval {ci[0]:.2f}-{ci[1]:.2f} "
+        f"includes 0.5), so the default stays {keep if keep in singles else best}"
+        + (no_combo if gains else ""),
     }
 
 

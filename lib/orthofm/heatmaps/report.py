@@ -188,6 +188,13 @@ def _pixel_table(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _verdict_line(verdict: dict[str, Any]) -> str:
+    line = f"Verdict: default method **{verdict.get('default_method')}** ({verdict.get('reason', '')})."
+    if verdict.get("best_pixel_aupro"):
+        line += f" Highest pixel-level AUPRO on synthetic lesions: `{verdict['best_pixel_aupro']}`."
+    return line
+
+
 def _provenance(report: dict[str, Any]) -> list[str]:
     bank = report["engine"].get("bank") or {}
     level = report["image_level"]
@@ -239,7 +246,7 @@ def markdown_report(report: dict[str, Any], figures: dict[str, Path]) -> str:
         "",
         *_gain_table(report),
         "",
-        f"Verdict: default method **{verdict.get('default_method')}** ({verdict.get('reason', '')}).",
+        _verdict_line(verdict),
         "",
     ]
     for key, caption in (("roc", "ROC curves"), ("grades", "score by KL grade")):
@@ -291,7 +298,7 @@ def summary_block(report: dict[str, Any], results_dir: str) -> str:
             "",
             *_pixel_table(report),
             "",
-            f"Verdict: default method **{verdict.get('default_method')}** ({verdict.get('reason', '')}).",
+            _verdict_line(verdict),
             DOC_END,
         ]
     )
