@@ -214,3 +214,25 @@ def test_cpu_preset_plan_and_cli_flags(monkeypatch, tmp_path) -> None:
     assert sorted((f, s) for m, f, s in plan if m == "finetune") == [(0.5, 0), (1.0, 0)]
     assert sorted((f, s) for m, f, s in plan if m == "resnet18") == [(0.5, 0), (1.0, 0)]
     assert [(f, s) for m, f, s in plan if m == "vit_random"] == [(1.0, 0)]
+
+
+def test_report_rendered_mid_run_lists_unfinished_runs_pending_baselines_and_the_floor(tmp_path) -> None:
+    """A report written before every planned run finished must say what is missing, never look complete."""
+    from orthofm.evaluate.report import write_report
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 60)
+    probs = rng.dirichlet(np.ones(3), 60)
+    runs = [{"method": "probe", "fraction": f, "seed": 0, "key": f"k{f}", "n_train": 10, "cpu_seconds": 1.0,
+             "metrics": protocol._metrics(y, probs, True)} for f in (0.5, 1.0)]
+    data = {"config": {"task": "t", "command": "orthofm evaluate x", "preset": "cpu", "baseline": {}},
+            "setup": {"classes": ["0", "1", "2"], "train_class_counts": [5, 30, 10], "test_class_counts": [20, 25, 15]},
+            "runs": runs, "summary": protocol.summarise(runs),
+            "predictions": {"probe|1": {"key": "k1.0", "probs": probs.tolist(), "y": y.tolist()}},
+            "pending": [{"method": "resnet18", "fraction": 1.0, "seed": 0, "key": "b", "cache": "c/b.json"}],
+            "planned": [["probe", 0.5, 0], ["probe", 1.0, 0], ["mlp", 1.0, 0], ["resnet18", 1.0, 0]]}
+    md = write_report(data, tmp_path).read_text()
+    assert "Runs not finished" in md and "OrthoFM + MLP: 100 % seed 0" in md
+    assert "Pending baseline runs" in md and "c/b.json" in md and "Not answered yet" in md
+    assert "Floor: always answering the most frequent training grade (1) scores accuracy 0.417" in md
+    assert "preset `cpu`" in md

@@ -255,6 +255,7 @@ def run_protocol(config: ProtocolConfig, backbone: Backbone | None = None) -> di
         "train_class_counts": np.bincount(y, minlength=k).tolist(),
         "test_class_counts": np.bincount(y_test, minlength=k).tolist(), "threads": torch.get_num_threads(),
     }
+    results.data["planned"] = [list(p) for p in plan]  # lets a report rendered mid-run list what is missing
     todo = [p for p in plan if keys[p] not in results.done]
     log.info("protocol: %d runs planned (%d already done)", len(plan), len(plan) - len(todo))
     x = x_test = None

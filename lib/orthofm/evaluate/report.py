@@ -147,6 +147,7 @@ def _baseline_lines(data: dict[str, Any]) -> list[str]:
                 "",
                 "| method | labels | seed | epochs | best epoch | stopped by | CPU-min | wall-min | threads |",
                 "|---|---|---|---|---|---|---|---|---|", *lines]
+    out += _unfinished_lines(data)
     pending = data.get("pending", [])
     if pending:
         out += ["", "### Pending baseline runs", "",
@@ -158,6 +159,23 @@ def _baseline_lines(data: dict[str, Any]) -> list[str]:
         out += [f"| {METHOD_NAMES.get(p['method'], p['method'])} | {100 * p['fraction']:g} % | {p['seed']} | "
                 f"`{p['cache']}` |" for p in pending]
     return out
+
+
+def _unfinished_lines(data: dict[str, Any]) -> list[str]:
+    """Planned runs that are neither finished nor pending: only a report rendered while the command still runs
+    (or after it was stopped) has any, and it must say so rather than look complete."""
+    done = {(r["method"], round(r["fraction"], 6), r["seed"]) for r in data["runs"]}
+    done |= {(p["method"], round(p["fraction"], 6), p["seed"]) for p in data.get("pending", [])}
+    missing: dict[str, list[str]] = {}
+    for method, fraction, seed in data.get("planned", []):
+        if (method, round(fraction, 6), seed) not in done:
+            missing.setdefault(method, []).append(f"{100 * fraction:g} % seed {seed}")
+    if not missing:
+        return []
+    return ["", "### Runs not finished when this report was written", "",
+            ("The command was still running or was stopped; rerunning it resumes and completes these (the table and "
+             "answers above are based only on finished runs)."), "",
+            *[f"- {METHOD_NAMES.get(m, m)}: {', '.join(v)}" for m, v in missing.items()]]
 
 
 def _figures(data: dict[str, Any], out: Path) -> list[str]:
