@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -131,6 +132,14 @@ def test_new_backbone_retrains_heads_but_reuses_cached_baselines(shared_data, tm
     assert base_c["key"] == base_a["key"] and base_c["cached_from"].endswith(f"{base_a['key']}.json")
     assert base_c["metrics"]["accuracy"] == base_a["metrics"]["accuracy"]
     assert base_c["training"] == base_a["training"]  # the original compute is reported, not the cache read
+
+    # --report-only: renders from results.json, trains nothing, leaves results.json alone, lists what is missing
+    before = (tmp_path / "report" / "results.json").read_bytes()
+    shown = run_protocol(replace(cfg, fractions=(0.5, 1.0), report_only=True, command="render"),
+                         backbone=_tiny_backbone(1))
+    assert len(shown["runs"]) == 2 and (tmp_path / "report" / "results.json").read_bytes() == before
+    md = (tmp_path / "report" / "summary.md").read_text()
+    assert "Runs not finished" in md and "OrthoFM + logistic probe: 50 % seed 0" in md and "render" in md
 
     # a report in a new folder with other baseline settings: missing from the cache -> pending, not trained
     other = _small_config(shared_data, tmp_path, out=str(tmp_path / "other"), baselines_cached_only=True,

@@ -47,6 +47,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--params", default=None, help='JSON head settings per kind, e.g. \'{"finetune": {"n_blocks": 2}}\'')
     p.add_argument("--cache", default=None, help="embedding store folder (default: ~/.cache/orthofm/embeddings)")
     p.add_argument("--no-resume", action="store_true", help="start over instead of reusing results.json runs")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: render the report from the finished runs in results.json (lists the rest)")
     p.set_defaults(func=run)
 
 
@@ -84,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     config = ProtocolConfig(train=args.train, test=args.test, out=args.out, weights=args.weights, task=args.task,
                             cache=args.cache, resume=not args.no_resume, baseline_cache=args.baseline_cache,
                             baselines_cached_only=args.baselines_cached_only, preset=args.preset,
+                            report_only=args.report_only,
                             command="orthofm " + " ".join(shlex.quote(a) for a in sys.argv[1:]), **settings)
     data = run_protocol(config)
     print(f"{len(data['runs'])} runs; report: {args.out}/summary.md")

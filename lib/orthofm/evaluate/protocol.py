@@ -79,6 +79,7 @@ class ProtocolConfig:
     reference: dict[str, float] = field(default_factory=dict)  # published numbers to compare against
     command: str = ""
     preset: str = ""  # shown in the report; not part of any run key
+    report_only: bool = False  # render the report from results.json now (e.g. while another process still runs)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -161,8 +162,10 @@ class _Results:
     def __init__(self, path: Path, config: ProtocolConfig, resume: bool, planned: set[str]) -> None:
         self.path = path
         self.data: dict[str, Any] = {"config": config.to_dict(), "runs": [], "predictions": {}, "pending": []}
+        self.previous_command = ""
         if resume and path.is_file():
             old = json.loads(path.read_text())
+            self.previous_command = old.get("config", {}).get("command", "")
             runs = old.get("runs", [])
             kept = [r for r in runs if r.get("key") in planned]
             self.data["runs"] = kept
@@ -258,6 +261,12 @@ def run_protocol(config: ProtocolConfig, backbone: Backbone | None = None) -> di
     results.data["planned"] = [list(p) for p in plan]  # lets a report rendered mid-run list what is missing
     todo = [p for p in plan if keys[p] not in results.done]
     log.info("protocol: %d runs planned (%d already done)", len(plan), len(plan) - len(todo))
+    if config.report_only:  # no training and no results.json write: a running command keeps owning that file
+        results.data["config"]["rendered_by"] = config.command
+        results.data["config"]["command"] = results.previous_command or config.command
+        results.data["summary"] = summarise(results.data["runs"])
+        write_report(results.data, out)
+        return results.data
     x = x_test = None
     if any(m in FEATURE_HEADS for m, _, _ in todo):
         t_embed = time.perf_counter()

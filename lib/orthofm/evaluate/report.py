@@ -288,6 +288,9 @@ def write_report(data: dict[str, Any], out: str | Path) -> Path:
         "```",
         config.get("command", ""),
         "```",
+        *([] if not config.get("rendered_by") else [
+            "", "Rendered from the finished runs of that command's `results.json` (nothing trained) by:", "",
+            "```", config["rendered_by"], "```"]),
         "",
         (f"Backbone `{setup.get('backbone_id')}` ({setup.get('weights')}); train {setup.get('n_train')} images / "
         f"{setup.get('n_train_patients')} patients (class counts {setup.get('train_class_counts')}), test "
