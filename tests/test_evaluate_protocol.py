@@ -135,11 +135,14 @@ def test_new_backbone_retrains_heads_but_reuses_cached_baselines(shared_data, tm
 
     # --report-only: renders from results.json, trains nothing, leaves results.json alone, lists what is missing
     before = (tmp_path / "report" / "results.json").read_bytes()
-    shown = run_protocol(replace(cfg, fractions=(0.5, 1.0), report_only=True, command="render"),
-                         backbone=_tiny_backbone(1))
+    shown = run_protocol(replace(cfg, fractions=(0.5, 1.0), baseline_fractions=(0.5, 1.0), report_only=True,
+                                 command="render"), backbone=_tiny_backbone(1))
     assert len(shown["runs"]) == 2 and (tmp_path / "report" / "results.json").read_bytes() == before
+    assert [(p["method"], p["fraction"]) for p in shown["pending"]] == [("resnet18", 0.5)]  # not cached: pending
     md = (tmp_path / "report" / "summary.md").read_text()
     assert "Runs not finished" in md and "OrthoFM + logistic probe: 50 % seed 0" in md and "render" in md
+    only = run_protocol(replace(cfg, out=str(tmp_path / "render"), report_only=True), backbone=_tiny_backbone(1))
+    assert [r["method"] for r in only["runs"]] == ["resnet18"] and "cached_from" in only["runs"][0]
 
     # a report in a new folder with other baseline settings: missing from the cache -> pending, not trained
     other = _small_config(shared_data, tmp_path, out=str(tmp_path / "other"), baselines_cached_only=True,

@@ -261,9 +261,29 @@ def run_protocol(config: ProtocolConfig, backbone: Backbone | None = None) -> di
     results.data["planned"] = [list(p) for p in plan]  # lets a report rendered mid-run list what is missing
     todo = [p for p in plan if keys[p] not in results.done]
     log.info("protocol: %d runs planned (%d already done)", len(plan), len(plan) - len(todo))
+    cache = None
+    if config.baselines:
+        cache = BaselineCache(config.baseline_cache or default_cache_dir().parent / "baselines")
+        results.data["setup"]["baseline_cache"] = str(cache.root)
     if config.report_only:  # no training and no results.json write: a running command keeps owning that file
         results.data["config"]["rendered_by"] = config.command
         results.data["config"]["command"] = results.previous_command or config.command
+        for method, fraction, seed in todo:  # baselines: read the cache (never train), list the missing as pending
+            if method in ALL_METHODS or cache is None:
+                continue
+            key = keys[(method, fraction, seed)]
+            entry = cache.get(method, key)
+            if entry is None:
+                results.data["pending"].append({"method": method, "fraction": fraction, "seed": seed, "key": key,
+                                                "cache": str(cache.path(method, key))})
+            else:
+                probs = np.asarray(entry["probs"], dtype=np.float64)
+                run = _from_cache(entry, cache.path(method, key), y_test)
+                run["metrics"] = _metrics(y_test, probs, ordinal)
+                results.data["runs"].append(run)
+                if seed == 0 and fraction in (0.5, 1.0):
+                    results.data["predictions"][f"{method}|{fraction:g}"] = {
+                        "key": key, "probs": np.round(probs, 5).tolist(), "y": y_test.tolist()}
         results.data["summary"] = summarise(results.data["runs"])
         write_report(results.data, out)
         return results.data
@@ -272,10 +292,6 @@ def run_protocol(config: ProtocolConfig, backbone: Backbone | None = None) -> di
         t_embed = time.perf_counter()
         x, x_test = store.embed_paths(train.paths), store.embed_paths(test.paths)
         results.data["setup"]["embedding_seconds"] = time.perf_counter() - t_embed
-    cache = None
-    if config.baselines:
-        cache = BaselineCache(config.baseline_cache or default_cache_dir().parent / "baselines")
-        results.data["setup"]["baseline_cache"] = str(cache.root)
     bb_info = {"id": store.backbone_id, "arch": backbone.arch, "weights": str(weights)}
     tokens = test_tokens = None
     images: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -338,10 +354,8 @@ def run_protocol(config: ProtocolConfig, backbone: Backbone | None = None) -> di
                             "data": data_fp, "config": asdict(config.baseline), "fraction": fraction, "seed": seed})
                         log.info("baseline run cached in %s", path)
             if entry is not None:
-                if entry["y_test"] != y_test.tolist():
-                    raise RuntimeError(f"baseline cache entry {cache.path(method, key)} has other test labels")
                 probs = np.asarray(entry["probs"], dtype=np.float64)
-                run = {**entry["run"], "cached_from": str(cache.path(method, key))}
+                run = _from_cache(entry, cache.path(method, key), y_test)
         run["metrics"] = _metrics(y_test, probs, ordinal, head)
         run.setdefault("wall_seconds", time.perf_counter() - t0)
         run.setdefault("cpu_seconds", time.process_time() - cpu0)
@@ -354,6 +368,13 @@ def run_protocol(config: ProtocolConfig, backbone: Backbone | None = None) -> di
     results.save()
     write_report(results.data, out)
     return results.data
+
+
+def _from_cache(entry: dict[str, Any], path: Path, y_test: np.ndarray) -> dict[str, Any]:
+    """The cached run record (with its original training compute), checked against this test split's labels."""
+    if entry["y_test"] != y_test.tolist():
+        raise RuntimeError(f"baseline cache entry {path} has other test labels")
+    return {**entry["run"], "cached_from": str(path)}
 
 
 def _key(config: ProtocolConfig, item: tuple[str, float, int], backbone_id: str, data: dict[str, Any],
