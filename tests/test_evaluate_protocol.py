@@ -248,3 +248,14 @@ def test_report_rendered_mid_run_lists_unfinished_runs_pending_baselines_and_the
     assert "Pending baseline runs" in md and "c/b.json" in md and "Not answered yet" in md
     assert "Floor: always answering the most frequent training grade (1) scores accuracy 0.417" in md
     assert "preset `cpu`" in md
+
+
+def test_one_writer_per_report_folder(tmp_path) -> None:
+    """A second run into a folder another live process is writing must refuse, not interleave results.json."""
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / ".evaluate.lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    cfg = ProtocolConfig(train="unused", test="unused", out=str(out), command="pytest")
+    with pytest.raises(RuntimeError, match="being written by another"):
+        run_protocol(cfg)
+    assert (out / ".evaluate.lock").exists()  # the holder's lock is left alone

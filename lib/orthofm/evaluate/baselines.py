@@ -259,7 +259,7 @@ def baseline_key(method: str, fraction: float, seed: int, *, data: dict[str, Any
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -325,7 +325,7 @@ class BaselineCache:
             return True  # being written right now; look again at the next poll
         if info.get("host") != socket.gethostname():
             return True  # cannot check another machine's process: trust the lock
-        return _pid_alive(int(info.get("pid", -1)))
+        return pid_alive(int(info.get("pid", -1)))
 
     @contextlib.contextmanager
     def claim(self, method: str, key: str) -> Iterator[dict[str, Any] | None]:

@@ -15,12 +15,16 @@ backbone, and it is also kept in a ``BaselineCache`` shared between reports (hou
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import shlex
+import socket
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -37,7 +41,14 @@ from orthofm.heads.train import finish_head, fit_head
 from orthofm.models import Backbone
 from orthofm.utils.atomic import atomic_write_text
 
-from .baselines import BaselineCache, BaselineConfig, baseline_key, load_image_tensors, train_baseline
+from .baselines import (
+    BaselineCache,
+    BaselineConfig,
+    baseline_key,
+    load_image_tensors,
+    pid_alive,
+    train_baseline,
+)
 from .metrics import classification_metrics, confusion_matrix, reliability_bins
 from .splits import assert_disjoint_groups, sample_fraction
 
@@ -220,12 +231,48 @@ def _prefix_cache(backbone: Backbone, store: EmbeddingStore, paths: list[Path], 
     return torch.cat(chunks), grid
 
 
+@contextlib.contextmanager
+def _folder_lock(out: Path) -> Iterator[None]:
+    """One writer per report folder: two runs rewriting the same results.json would silently drop each other's runs."""
+    lock = out / ".evaluate.lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                info = json.loads(lock.read_text())
+            except (OSError, ValueError):
+                info = {}
+            if info.get("host") == socket.gethostname() and not pid_alive(int(info.get("pid", -1))):
+                log.warning("removing stale lock %s (pid %s is gone)", lock, info.get("pid"))
+                lock.unlink(missing_ok=True)
+                continue
+            raise RuntimeError(f"{out} is being written by another `orthofm evaluate` ({info or 'unknown holder'}); "
+                               "wait for it, stop it, use another --out, or add --report-only to render "
+                               "what it has finished") from None
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"pid": os.getpid(), "host": socket.gethostname()}, fh)
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
 def run_protocol(config: ProtocolConfig, backbone: Backbone | None = None) -> dict[str, Any]:
     """Run the protocol and write ``results.json`` + the report into ``config.out``; returns the results."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if config.report_only:
+        return _run_protocol(config, backbone)
+    with _folder_lock(out):
+        return _run_protocol(config, backbone)
+
+
+def _run_protocol(config: ProtocolConfig, backbone: Backbone | None) -> dict[str, Any]:
     from .report import write_report
 
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     if not config.command:
         config = replace(config, command=" ".join(shlex.quote(a) for a in sys.argv))
     weights = Path(config.weights) if config.weights else default_model_dir()
