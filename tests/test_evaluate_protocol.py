@@ -249,6 +249,10 @@ def test_report_rendered_mid_run_lists_unfinished_runs_pending_baselines_and_the
     assert "Floor: always answering the most frequent training grade (1) scores accuracy 0.417" in md
     assert "preset `cpu`" in md
 
+    empty = {**data, "runs": [], "summary": [], "predictions": {}}  # e.g. rendered right after the weights changed
+    md = write_report(empty, tmp_path).read_text()
+    assert "Runs not finished" in md and not (tmp_path / "label_efficiency.png").exists()
+
 
 def test_one_writer_per_report_folder(tmp_path) -> None:
     """A second run into a folder another live process is writing must refuse, not interleave results.json."""

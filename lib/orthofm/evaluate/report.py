@@ -44,8 +44,16 @@ def _answer_half_labels(summary: list[dict[str, Any]], data: dict[str, Any] | No
     ref = _row(summary, "resnet18", 1.0)
     if ref is None:
         if data is not None and _pending_baseline(data, "resnet18", 1.0):
-            return [("- Not answered yet: the ResNet-18 at 100 % is still training (not in the baseline cache when "
-                    "this report was written; see *Pending baseline runs*). Rerun the command above when it is.")]
+            lines = [("- Not answered yet: the ResNet-18 at 100 % is still training (not in the baseline cache when "
+                      "this report was written; see *Pending baseline runs*). Rerun the command above when it is.")]
+            half = [r for r in summary if r["method"] in FM_METHODS and abs(r["fraction"] - 0.5) < 1e-9
+                    and "accuracy" in r]
+            if half:
+                best = max(half, key=lambda r: r["accuracy"]["mean"])
+                lines.append(f"- Meanwhile, the side OrthoFM brings: its best method at 50 % of the labels is "
+                             f"{METHOD_NAMES[best['method']]}, accuracy {_fmt(best['accuracy'])}, QWK "
+                             f"{_fmt(best.get('qwk'))} (the majority-grade floor is given below).")
+            return lines
         return ["- ResNet-18 at 100 % was not part of this run: the question cannot be answered from it."]
     lines = [(f"- ResNet-18 from scratch, 100 % of the labels (seeds: {ref['n_seeds']}): accuracy "
              f"{_fmt(ref.get('accuracy'))}, QWK {_fmt(ref.get('qwk'))} (converged runs: {ref.get('converged', '?')}).")]
@@ -188,6 +196,10 @@ def _figures(data: dict[str, Any], out: Path) -> list[str]:
     classes = setup.get("classes", [])
     made = []
     metrics = [m for m in ("accuracy", "qwk", "macro_f1") if any(m in r for r in summary)]
+    if not metrics:  # nothing finished yet (e.g. --report-only right after the weights changed): no figures
+        for stale in ("label_efficiency.png", "confusion_matrix.png", "reliability.png"):
+            (out / stale).unlink(missing_ok=True)  # never leave another run's figures beside this summary
+        return made
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for method in sorted({r["method"] for r in summary}):
