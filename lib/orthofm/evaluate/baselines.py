@@ -39,6 +39,7 @@ from orthofm.heads.embeddings import read_pixels
 from orthofm.heads.features import pool_tokens
 from orthofm.heads.mlp import ordinal_emd_loss
 from orthofm.utils.atomic import atomic_write_text
+from orthofm.utils.jsonable import json_default
 
 from .splits import group_holdout
 
@@ -305,7 +306,7 @@ class BaselineCache:
         entry = {"format": CACHE_FORMAT, "key": key, "fields": fields or {}, "run": run,
                  "probs": np.asarray(probs, dtype=np.float64).round(6).tolist(),
                  "y_test": np.asarray(y_test).astype(int).tolist()}
-        atomic_write_text(path, json.dumps(entry, default=_plain))
+        atomic_write_text(path, json.dumps(entry, default=json_default))
         return path
 
     def _try_lock(self, lock: Path) -> bool:
@@ -353,13 +354,3 @@ class BaselineCache:
             yield None
         finally:
             lock.unlink(missing_ok=True)
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"cannot serialise {type(obj).__name__}")

@@ -40,6 +40,7 @@ from orthofm.heads.saved import TrainedHead
 from orthofm.heads.train import finish_head, fit_head
 from orthofm.models import Backbone
 from orthofm.utils.atomic import atomic_write_text
+from orthofm.utils.jsonable import json_default
 
 from .baselines import (
     BaselineCache,
@@ -195,17 +196,7 @@ class _Results:
         self.save()
 
     def save(self) -> None:
-        atomic_write_text(self.path, json.dumps(self.data, indent=1, default=_json_default))
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"cannot serialise {type(obj).__name__}")
+        atomic_write_text(self.path, json.dumps(self.data, indent=1, default=json_default))
 
 
 def _metrics(y: np.ndarray, probs: np.ndarray, ordinal: bool, head: TrainedHead | None = None) -> dict[str, Any]:
@@ -472,4 +463,3 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row["converged"] = f"{sum(conv)}/{len(conv)}"
         rows.append(row)
     return rows
-

@@ -21,6 +21,7 @@ from safetensors.numpy import save as st_save
 
 from orthofm import __version__
 from orthofm.utils.atomic import atomic_write_bytes, atomic_write_text
+from orthofm.utils.jsonable import json_default
 
 from .base import FeatureHead
 from .calibration import softmax
@@ -72,7 +73,7 @@ class HeadCard:
         return float(self.calibration.get("temperature", 1.0))
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=False, default=_json_default)
+        return json.dumps(asdict(self), indent=2, sort_keys=False, default=json_default)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> HeadCard:
@@ -80,16 +81,6 @@ class HeadCard:
             raise ValueError(f"not an OrthoFM head card (format {d.get('format')!r}, expected {CARD_FORMAT!r})")
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"cannot serialise {type(obj).__name__} in a head card")
 
 
 class TrainedHead:

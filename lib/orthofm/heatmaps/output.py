@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from orthofm.utils.jsonable import json_default
+
 from ..io import ImageRecord, robust_scale
 from ..io.writers import write_like
 from ..utils.atomic import atomic_path, atomic_write_text
@@ -102,7 +104,7 @@ def save_result(
         **result.to_json(),
         **(extra or {}),
     }
-    atomic_write_text(paths["json"], json.dumps(doc, indent=2, default=_jsonable) + "\n")
+    atomic_write_text(paths["json"], json.dumps(doc, indent=2, default=json_default) + "\n")
     return paths
 
 
@@ -117,13 +119,3 @@ def _display_plane(record: ImageRecord, result: HeatmapResult) -> tuple[np.ndarr
         else int(np.unravel_index(result.map.argmax(), result.map.shape)[0])
     )
     return arr[k], result.map[k], f", slice {k}"
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
