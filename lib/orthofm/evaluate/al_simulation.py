@@ -179,9 +179,12 @@ def simulate(
     schedule = cfg.schedule()
     t0, cpu0 = time.perf_counter(), time.process_time()
     out = SimulationResult(config={**asdict(cfg), "schedule": schedule})
-    if cfg.full_pool:
-        _, out.full_pool = _fit_and_score(x_train, y_train, groups, x_val, y_val, classes, cfg.head_kind, 0)
-        out.full_pool["n_labels"] = len(x_train)
+
+    def fit_full_pool() -> None:
+        if cfg.full_pool:
+            _, out.full_pool = _fit_and_score(x_train, y_train, groups, x_val, y_val, classes, cfg.head_kind, 0)
+            out.full_pool["n_labels"] = len(x_train)
+
     child_cpu = 0.0
     by_seed: dict[int, list[dict]] = {}
 
@@ -199,6 +202,7 @@ def simulate(
             on_seed(out)
 
     if jobs <= 1 or len(cfg.seeds) == 1:
+        fit_full_pool()
         for seed in cfg.seeds:
             finish(seed, *_replay_seed(x_train, y_train, groups, x_val, y_val, classes, cfg, seed, progress))
     else:
@@ -209,6 +213,7 @@ def simulate(
         with ProcessPoolExecutor(min(jobs, len(cfg.seeds)), mp_context=mp.get_context("spawn")) as ex:
             futures = {ex.submit(_replay_seed_in_child, (x_train, y_train, groups, x_val, y_val, list(classes),
                                                          cfg, seed)): seed for seed in cfg.seeds}
+            fit_full_pool()  # the costliest single fit (every label), while the workers start
             for fut in as_completed(futures):
                 finish(futures[fut], *fut.result())
     out.seconds = time.perf_counter() - t0
