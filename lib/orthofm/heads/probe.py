@@ -44,23 +44,30 @@ def _fit_path(x: np.ndarray, y: np.ndarray, n_classes: int, cs: tuple[float, ...
     model = LogisticRegression(class_weight={int(k): float(weights[k]) for k in present}, max_iter=max_iter,
                                tol=1e-4, warm_start=True)
     xd = np.ascontiguousarray(x, dtype=np.float64)
-    for c in cs:  # ascending C: each solution starts from the more regularised one
-        model.set_params(C=c)
-        # one BLAS thread: these problems are small, and threaded BLAS on a busy CPU is ~20x slower (measured)
-        with warnings.catch_warnings(), threadpool_limits(limits=1):
-            warnings.simplefilter("ignore", ConvergenceWarning)
+    # one BLAS thread: these problems are small, and threaded BLAS on a busy CPU is ~20x slower (measured);
+    # one limiter for the whole path, because each threadpool_limits() call re-reads /proc/self/maps
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for c in cs:  # ascending C: each solution starts from the more regularised one
+            model.set_params(C=c)
             model.fit(xd, y)
-        w = np.zeros((n_classes, x.shape[1]))
-        b = np.full(n_classes, MISSING_CLASS_LOGIT)
-        if len(present) == 2:  # sklearn keeps one vector for binary: logit(p1) = x.w + b
-            w[present[1]] = model.coef_[0]
-            b[present[1]] = model.intercept_[0]
-            b[present[0]] = 0.0
-        else:
-            w[present] = model.coef_
-            b[present] = model.intercept_
-        out.append((w, b))
+            out.append(_full_size(model, present, n_classes, x.shape[1]))
     return out
+
+
+def _full_size(model: LogisticRegression, present: np.ndarray, n_classes: int,
+               n_features: int) -> tuple[np.ndarray, np.ndarray]:
+    """sklearn's coefficients for the classes present -> (W (K,F), b (K,)) over all ``n_classes``."""
+    w = np.zeros((n_classes, n_features))
+    b = np.full(n_classes, MISSING_CLASS_LOGIT)
+    if len(present) == 2:  # sklearn keeps one vector for binary: logit(p1) = x.w + b
+        w[present[1]] = model.coef_[0]
+        b[present[1]] = model.intercept_[0]
+        b[present[0]] = 0.0
+    else:
+        w[present] = model.coef_
+        b[present] = model.intercept_
+    return w, b
 
 
 class LogisticProbe(FeatureHead):
