@@ -95,11 +95,15 @@ def test_embedding_for_png_cr_and_mri_series(env) -> None:
     assert len(dims) == 1
 
 
-def test_background_embedder_indexes_every_image(env) -> None:
+def wait_until_all_embedded(env) -> dict:
     def indexed():
         info = env["http"].get("/info/").json()["orthofm"]["embeddings"]
         return info["indexed"] >= 13 and info
-    wait_for(indexed, 600, "all 13 images embedded in the background", interval=3)
+    return wait_for(indexed, 600, "all 13 images embedded in the background", interval=3)
+
+
+def test_background_embedder_indexes_every_image(env) -> None:
+    wait_until_all_embedded(env)
 
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
@@ -109,6 +113,16 @@ def test_next_sample_returns_an_unlabeled_image(env, strategy: str) -> None:
     labels = env["client"].datastore()["objects"][res["id"]]["labels"]
     assert not [t for t in labels if t != "original"]
     assert res["selected_by"] == strategy
+
+
+@pytest.mark.parametrize("strategy", ["uncertainty", "hybrid"])
+def test_uncertainty_without_a_trained_head_falls_back_to_the_cold_start_strategy(env, strategy: str) -> None:
+    wait_until_all_embedded(env)  # before that, every strategy picks at random
+    res = env["client"].next_sample(strategy, {"reserve_seconds": 0, "task": "no_head_task"})
+    assert res["selected_by"] == strategy and res["fallback"] == "coreset"  # the replay's cold-start winner
+    assert "no trained no_head_task head" in res["note"]
+    labels = env["client"].datastore()["objects"][res["id"]]["labels"]
+    assert not [t for t in labels if t != "original"]
 
 
 def test_uploaded_image_is_stored_and_inferable(env, shared_data: Path) -> None:

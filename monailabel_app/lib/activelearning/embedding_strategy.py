@@ -20,6 +20,9 @@ from orthofm.active import SelectionInput, select
 log = logging.getLogger("orthofm.activelearning")
 
 MODEL_TAGS = ("original",)
+# What `uncertainty` and `hybrid` use until a head is trained: the KL replay (docs/monailabel_app.md, "Active-learning
+# replay") found coreset ahead of random on kappa in the cold start and typiclust behind it.
+COLD_START_STRATEGY = "coreset"
 COMMON_PARAMS = {
     "reserve_seconds": Param((int, float), lo=0, hi=7 * 86400),
     "seed": Param(int, lo=0, hi=2**31 - 1),
@@ -96,8 +99,8 @@ class EmbeddingStrategy(Strategy):
             task = str(request.get("task", self.task))
             head = self.runtime.head(task)
             if head is None:
-                note = f"no trained {task} head yet: used typiclust (diversity) instead"
-                name = "typiclust"
+                note = f"no trained {task} head yet: used {COLD_START_STRATEGY} (diversity) instead"
+                name = COLD_START_STRATEGY
             else:
                 probs = head.predict_proba(raw)  # every row (a view): cheaper than copying the candidates
         kwargs = {"kind": request["kind"]} if "kind" in request and name in ("uncertainty", "hybrid") else {}
