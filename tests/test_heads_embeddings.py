@@ -111,3 +111,15 @@ def test_mri_series_is_one_averaged_vector(tmp_path, shared_data, bb) -> None:
     assert vec.shape == (1, 2 * 192) and np.all(np.isfinite(vec))
     files = sorted(series.glob("*.dcm"))
     assert content_hash(list(reversed(files))) == content_hash(series)  # order of the files does not matter
+
+
+def test_precisions_are_cached_apart(tmp_path, knees, bb) -> None:
+    """Forcing float32 (ORTHOFM_FORCE_FP32, the accuracy check) must not be served bf16 vectors from the cache."""
+    bf16 = EmbeddingStore(tmp_path, bb, dtype=torch.bfloat16, progress=False)
+    fp32 = EmbeddingStore(tmp_path, bb, dtype=torch.float32, progress=False)
+    assert bf16.folder != fp32.folder
+    a = bf16.embed_paths(knees[:2])
+    b = fp32.embed_paths(knees[:2])
+    assert fp32.stats.computed == 2 and fp32.stats.hits == 0
+    assert not np.array_equal(a, b)
+    np.testing.assert_allclose(a, b, rtol=0.1, atol=0.1)

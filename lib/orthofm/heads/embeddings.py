@@ -146,8 +146,11 @@ class EmbeddingStore:
         self.backbone_id = backbone_id(backbone)
         self.dim = feature_dim(backbone)
         self.root = Path(root)
-        # the volume setting changes volume features, so it is part of the folder name
+        # the volume setting and the precision change the features, so both are part of the folder name
+        # (bf16, the default where the CPU has it, keeps the plain name of the caches written before)
         tag = f"{FEATURE_DEFINITION.replace('/', '-')}-vol{self.max_volume_slices}"
+        if self.dtype != torch.bfloat16:
+            tag += f"-{str(self.dtype).removeprefix('torch.')}"
         self.folder = self.root / self.backbone_id / tag
         self.folder.mkdir(parents=True, exist_ok=True)
         self._write_description()
