@@ -26,10 +26,12 @@ log = logging.getLogger("orthofm.embeddings")
 
 
 class SharedBackboneView:
-    """Looks like the backbone to ``EmbeddingStore``; its forwards go through the runtime's batcher."""
+    """Looks like the backbone to ``EmbeddingStore``; its forwards go through the runtime's batcher
+    (``exact``: float32 forwards outside the batcher, for near-tie re-checks)."""
 
-    def __init__(self, runtime: Any) -> None:
+    def __init__(self, runtime: Any, exact: bool = False) -> None:
         self._runtime = runtime
+        self._exact = exact
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._runtime.backbone, name)
@@ -38,7 +40,7 @@ class SharedBackboneView:
         return self
 
     def forward_features(self, x: Any) -> dict:
-        return self._runtime.features(x)
+        return self._runtime.features_float32(x) if self._exact else self._runtime.features(x)
 
 
 def thread_safe_store(root: Any, backbone: Any, **kwargs: Any) -> Any:

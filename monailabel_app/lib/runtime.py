@@ -121,6 +121,7 @@ class ModelRuntime:
         self._hooks: list[Any] = []
         self._sidecar: Path | None = None
         self._store: Any = None
+        self._exact_store: Any = None
         self._index: Any = None
         self._heads: dict[str, tuple[Any, Any]] = {}
         self._engines: dict[tuple, Any] = {}
@@ -201,6 +202,12 @@ class ModelRuntime:
                     )
         return self._batcher(x)
 
+    def features_float32(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Backbone features in float32, outside the batcher: the near-tie re-check of a grade (rare)."""
+        with torch.inference_mode():
+            out = self.backbone.forward_features(x.to(self.settings.device).float())
+        return {k: v.float() for k, v in out.items()}
+
     def _forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         from orthofm.heads.runtime import autocast, inference_dtype
 
@@ -253,6 +260,20 @@ class ModelRuntime:
                     self._store = EmbeddingStore(self.sidecar / "embeddings", SharedBackboneView(self),
                                                  batch_size=8, progress=False)
         return self._store
+
+    @property
+    def exact_embedding_store(self) -> Any:
+        """The float32 twin of ``embedding_store`` (same sidecar, its own folder) for near-tie re-checks."""
+        if self._exact_store is None:
+            with self._lock:
+                if self._exact_store is None:
+                    from lib.embeddings import SharedBackboneView
+                    from orthofm.heads import EmbeddingStore
+
+                    self._exact_store = EmbeddingStore(self.sidecar / "embeddings",
+                                                       SharedBackboneView(self, exact=True),
+                                                       dtype=torch.float32, batch_size=8, progress=False)
+        return self._exact_store
 
     @property
     def embedding_index(self) -> Any:

@@ -22,6 +22,7 @@ from orthofm.utils.atomic import atomic_write_text
 
 from .embeddings import EmbeddingStore, ImageItem, backbone_id
 from .finetune import FinetuneHead
+from .precision import near_ties
 from .runtime import default_cache_dir, default_model_dir
 from .saved import TrainedHead, load_head
 
@@ -30,12 +31,16 @@ __all__ = ["GradePredictor", "Predictions", "predict_images"]
 
 @dataclass
 class Predictions:
-    """Per image: decoded label, class index, calibrated probabilities (N, K), expected grade (ordinal only)."""
+    """Per image: decoded label, class index, calibrated probabilities (N, K), expected grade (ordinal only).
+
+    ``rechecked`` marks the near ties whose features were recomputed in float32 (see ``orthofm.heads.precision``).
+    """
 
     classes: list[str]
     index: np.ndarray
     probabilities: np.ndarray
     expected_grade: np.ndarray | None
+    rechecked: np.ndarray | None = None
 
     @property
     def labels(self) -> list[str]:
@@ -74,7 +79,8 @@ class GradePredictor:
     """Images -> ``Predictions`` through one backbone and one trained head (features cached in a store)."""
 
     def __init__(self, backbone: Backbone, head: TrainedHead, *, cache: str | os.PathLike[str] | None = None,
-                 dtype: torch.dtype | None = None, batch_size: int = 32, progress: bool = True) -> None:
+                 dtype: torch.dtype | None = None, batch_size: int = 32, progress: bool = True,
+                 recheck_near_ties: bool = True) -> None:
         expected, actual = head.card.backbone.get("id"), backbone_id(backbone)
         if expected and expected != actual:
             raise ValueError(f"the {head.card.task!r} head was trained on backbone {expected} but the loaded weights "
@@ -84,6 +90,11 @@ class GradePredictor:
         self.head = head
         self.store = EmbeddingStore(cache or default_cache_dir(), backbone, dtype=dtype, batch_size=batch_size,
                                     progress=progress)
+        # a float32 twin for the few near ties of the fast (bf16) path; None when the fast path is float32
+        self.exact_store = None
+        if recheck_near_ties and self.store.dtype != torch.float32:
+            self.exact_store = EmbeddingStore(self.store.root, backbone, dtype=torch.float32,
+                                              batch_size=batch_size, progress=False)
 
     @classmethod
     def from_task(cls, task: str, *, weights: str | os.PathLike[str] | None = None,
@@ -103,19 +114,34 @@ class GradePredictor:
             raise ValueError(f"head at {str(folder)!r} is for task {head.card.task!r}, not {task!r}")
         return cls(load_backbone(model_dir), head, **kwargs)
 
-    def _predict_features(self, feats: np.ndarray) -> Predictions:
+    def _predict_features(self, feats: np.ndarray, exact=None) -> Predictions:
+        """``exact(rows)``: float32 features of those rows, used for near ties when the features are bf16."""
         probs = self.head.predict_proba(feats)
+        rechecked = np.zeros(len(probs), dtype=bool)
+        if exact is not None and self.exact_store is not None:
+            rows = near_ties(self.head, probs)
+            if len(rows):
+                probs[rows] = self.head.predict_proba(exact(rows))
+                rechecked[rows] = True
         grade = probs @ np.arange(probs.shape[1], dtype=np.float64) if self.head.card.ordinal else None
         return Predictions(classes=self.head.classes, index=self.head.decode(probs), probabilities=probs,
-                           expected_grade=grade)
+                           expected_grade=grade, rechecked=rechecked)
 
     def predict_paths(self, paths: Sequence[ImageItem]) -> Predictions:
         """Predict image files / series (features cached by content hash)."""
-        return self._predict_features(self.store.embed_paths(paths))
+        paths = list(paths)
+        return self._predict_features(
+            self.store.embed_paths(paths),
+            exact=lambda rows: self.exact_store.embed_paths([paths[i] for i in rows]),
+        )
 
     def predict_arrays(self, arrays: Sequence[np.ndarray]) -> Predictions:
         """Predict in-memory 2D images or (D, H, W) volumes (e.g. ``ImageRecord.array``)."""
-        return self._predict_features(self.store.embed_arrays(arrays))
+        arrays = list(arrays)
+        return self._predict_features(
+            self.store.embed_arrays(arrays),
+            exact=lambda rows: self.exact_store.embed_arrays([arrays[i] for i in rows]),
+        )
 
 
 def predict_images(

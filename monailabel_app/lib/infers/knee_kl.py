@@ -8,6 +8,7 @@ import numpy as np
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
 from lib.server.errors import Conflict
+from orthofm.heads.precision import near_ties
 
 from .base import OrthoInferTask, Source
 
@@ -24,11 +25,12 @@ class NotTrained(Conflict):
     code = "not_trained"
 
 
-def features_for(runtime: Any, source: Source) -> np.ndarray:
+def features_for(runtime: Any, source: Source, exact: bool = False) -> np.ndarray:
     """(1, F) features exactly as the embedding store (and so the trained heads) define them.
 
-    Datastore images go through the cached store (a repeat costs a file hash); uploads are embedded in memory."""
-    store = runtime.embedding_store
+    Datastore images go through the cached store (a repeat costs a file hash); uploads are embedded in memory.
+    ``exact``: float32 features (the near-tie re-check) instead of the fast path's."""
+    store = runtime.exact_embedding_store if exact else runtime.embedding_store
     if source.image_id is not None:
         return store.embed_paths([str(source.path)])
     return store.embed_arrays([source.record.array])
@@ -62,6 +64,11 @@ class KneeKL(OrthoInferTask):
                              f"retrain it for these weights: POST /train/{self.task}")
         feats = features_for(self.runtime, source)
         probs = head.predict_proba(feats)[0].astype(float)
+        precision = str(self.runtime.embedding_store.dtype).removeprefix("torch.")
+        if precision != "float32" and len(near_ties(head, probs[None])):
+            # so close to a boundary that bf16 could flip the grade: decide it on float32 features
+            probs = head.predict_proba(features_for(self.runtime, source, exact=True))[0].astype(float)
+            precision = "float32 (near-tie re-check)"
         classes = list(head.classes)
         index = int(head.decode(probs[None])[0])
         result: dict[str, Any] = {
@@ -71,6 +78,7 @@ class KneeKL(OrthoInferTask):
             "label_index": index,
             "probabilities": {c: round(float(p), 6) for c, p in zip(classes, probs)},
             "label_names": {c: i for i, c in enumerate(classes)},
+            "precision": precision,
         }
         if head.card.ordinal:
             grades = np.asarray([_grade(c, i) for i, c in enumerate(classes)], dtype=float)
