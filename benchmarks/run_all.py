@@ -36,6 +36,11 @@ from orthofm.utils.log import configure_logging
 from orthofm.utils.machine import describe_machine
 from orthofm.utils.runtime import configure_threads
 
+try:  # imported as the package ``benchmarks`` (tests) or run as a script from this folder (make bench)
+    from benchmarks.targets import render_targets
+except ImportError:
+    from targets import render_targets
+
 log = logging.getLogger("orthofm.benchmarks")
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -259,6 +264,9 @@ def render_markdown(report: dict) -> str:
     comparisons = render_comparisons(report["results"])
     if comparisons:
         lines += [""] + comparisons[:-1]
+    targets = render_targets(report["results"])
+    if targets:
+        lines += [""] + targets[:-1]
     lines += ["", "## Regressions (> 20% worse than the last committed report)", ""]
     if report["regressions"]:
         lines += [f"- {g['bench']}/{g['name']}: {g['previous']} -> {g['current']} {g['unit']}"

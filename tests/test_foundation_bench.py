@@ -131,3 +131,26 @@ def test_matmul_bench_measures_real_throughput(monkeypatch: pytest.MonkeyPatch) 
     bf16 = rows["matmul_bf16_peak"]
     assert bf16["reference"] == pytest.approx(measured[torch.float32][256], abs=0.05)
     assert bf16["ratio"] == pytest.approx(measured[torch.bfloat16][256] / measured[torch.float32][256], abs=0.01)
+
+
+def test_targets_table_takes_the_worst_row_and_says_what_is_missing() -> None:
+    from benchmarks.targets import render_targets
+
+    rows = [
+        {"bench": "heatmaps", "name": "heatmap_patchknn_knee_224", "value": 1.0, "ratio": 1.2,
+         "stages_ms": {"forward": 90.0, "search": 10.0}},
+        {"bench": "heatmaps", "name": "heatmap_patchknn_cr_1760", "value": 1.0, "ratio": 1.7,
+         "stages_ms": {"forward": 100.0, "regions": 60.0}},
+        {"bench": "heatmaps", "name": "heatmap_recon_cr_1760", "value": 1.0, "ratio": 9.0},
+        {"bench": "app", "name": "next_sample_coreset_100000", "value": 0.2, "ratio": None},
+        {"bench": "app", "name": "next_sample_hybrid_100000", "value": 0.6, "ratio": None},
+        {"bench": "app", "name": "next_sample_hybrid_10000", "value": 9.0, "ratio": None},
+    ]
+    table = {line.split(" | ")[0].lstrip("| "): line for line in render_targets(rows) if line.startswith("| ")}
+    knn = next(v for k, v in table.items() if k.startswith("patch-kNN"))
+    assert "| 1.70 |" in knn and "**no**" in knn and "heatmap_patchknn_cr_1760" in knn and "regions 60.0 ms" in knn
+    nxt = next(v for k, v in table.items() if k.startswith("next sample"))
+    assert "| 0.60 s |" in nxt and "| yes |" in nxt  # the 10k row is not part of the 100k target
+    mri = next(v for k, v in table.items() if k.startswith("80-slice"))
+    assert "not measured" in mri
+    assert render_targets([]) == []
