@@ -61,15 +61,37 @@ def test_dino_loss_matches_cross_entropy_by_hand() -> None:
     s = [torch.randn(3, 5) for _ in range(3)]
     t = [torch.randn(3, 5) for _ in range(2)]
     value = loss(s, t, teacher_temp=0.04)
+    first_center = torch.cat(t).mean(0, keepdim=True)  # the centre starts at the first batch's mean, not at 0
     expected, pairs = 0.0, 0
     for ti in range(2):
-        tp = torch.softmax(t[ti] / 0.04, dim=-1)
+        tp = torch.softmax((t[ti] - first_center) / 0.04, dim=-1)
         for si in range(3):
             if si != ti:
                 expected += (-(tp * torch.log_softmax(s[si] / 0.1, dim=-1)).sum(-1)).mean()
                 pairs += 1
     assert value.item() == pytest.approx((expected / pairs).item(), rel=1e-5)
-    assert torch.allclose(loss.center, 0.1 * torch.cat(t).mean(0, keepdim=True), atol=1e-6)
+    assert torch.allclose(loss.center, first_center, atol=1e-6)
+    t2 = [torch.randn(3, 5) for _ in range(2)]
+    loss(s, t2, teacher_temp=0.04)  # from then on an EMA with momentum 0.9
+    assert torch.allclose(loss.center, 0.9 * first_center + 0.1 * torch.cat(t2).mean(0, keepdim=True), atol=1e-6)
+
+
+def _last_layers(checkpoint: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    state = torch.load(checkpoint, weights_only=True)["model"]
+    key = next(k for k in state if k.startswith("student_head.last_layer.") and k.endswith("original1"))
+    return state[key], state[key.replace("student_head.", "teacher.head.")]
+
+
+@pytest.mark.parametrize("freeze_epochs", [10, 0])
+def test_prototypes_stay_fixed_during_the_freeze(shared_data: Path, tmp_path: Path, freeze_epochs: int) -> None:
+    """DINO/iBOT/DINOv2 freeze the last layer early on; a frozen student layer keeps the teacher's (its EMA) equal."""
+    data = _few_images(shared_data, tmp_path, n=8)
+    out = tmp_path / "run"
+    extra = ["max_steps=2", "checkpoint_every_steps=2", f"dino.freeze_last_layer_epochs={freeze_epochs}"]
+    subprocess.run(_cli(data, out, "dino", extra), check=True, env=_env(), capture_output=True)
+    student, teacher = _last_layers(out / "checkpoint.pt")
+    gap = (student - teacher).abs().max().item()  # the EMA of two equal tensors differs only by rounding
+    assert gap < 1e-6 if freeze_epochs else gap > 1e-4, gap
 
 
 def test_koleo_penalises_close_pairs() -> None:

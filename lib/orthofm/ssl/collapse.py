@@ -1,9 +1,11 @@
 """Detect a DINO run that learns nothing: the loss pinned at ln(K).
 
-When every image maps to (almost) the same head output, centring makes the teacher distribution uniform
-and the DINO cross-entropy sits at exactly ln(K) for K prototypes, whatever the student does ("uniform
-collapse"). It happens e.g. when continuing from MAE weights, whose CLS token was never trained and is
-nearly the same for every image. The loss curve looks flat rather than broken, so the loop warns.
+The cross-entropy -sum(t * log s) equals ln(K) for K prototypes whenever the *student* distribution is
+uniform, whatever the teacher does ("uniform collapse"). Measured on OrthoFM's stage-2/3 runs: the student's
+prototypes (trained from step 0) turned away from the direction every image's bottleneck shares, so the student
+could go uniform by moving all images into it; the teacher followed through the EMA. The fixes are the published
+recipe's: prototypes frozen for the first epoch and the centre started at the first batch's mean. The loss curve
+looks flat rather than broken, so the loop still warns.
 """
 
 from __future__ import annotations

@@ -34,6 +34,9 @@ class DINOConfig:
     ibot_weight: float = 0.0
     ibot_mask_ratio: tuple[float, float] = (0.1, 0.5)
     koleo_weight: float = 0.0
+    # prototypes (the head's last layer) fixed for the first epochs, as in DINO/iBOT/DINOv2: trained from step 0
+    # they turn away from the direction all images share, and the student turns uniform (measured collapse)
+    freeze_last_layer_epochs: float = 1.0
 
 
 @dataclass
@@ -88,8 +91,18 @@ def _build(cls: type, values: dict[str, Any]) -> Any:
             value = tuple(value)
         elif key == "resolution_schedule":
             value = [tuple(v) for v in value]
-        kwargs[key] = value
+        kwargs[key] = _as_float(value, key) if known[key].type in ("float", float) else value
     return cls(**kwargs)
+
+
+def _as_float(value: Any, key: str) -> Any:
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; a float key takes it as the number it means."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"{key} must be a number, got {value!r}") from None
+    return value
 
 
 def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:

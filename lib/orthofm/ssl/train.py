@@ -245,6 +245,9 @@ def pretrain(config: PretrainConfig) -> Path:
         losses["loss"].backward()
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(meta.parameters(), config.grad_clip)
+        if meta.do_dino and step < int(d.freeze_last_layer_epochs * steps_per_epoch):
+            for p in meta.student_head.last_layer.parameters():
+                p.grad = None  # AdamW skips a parameter without a gradient: no update, no weight decay
         optimizer.step()
         meta.update_teacher(_momentum(step, total_steps, d.momentum, d.momentum_final))
         step += 1
@@ -261,8 +264,9 @@ def pretrain(config: PretrainConfig) -> Path:
                 dino_history.append(values["dino"])
                 if not collapse_warned and dino_uniform_collapse(dino_history, d.out_dim):
                     collapse_warned = True
-                    log.warning("the DINO loss has stayed at ln(%d) = %.3f for %d logs: teacher outputs are uniform "
-                                "(collapse), so DINO teaches nothing; see docs/pretraining.md, 'DINO from MAE weights'",
+                    log.warning("the DINO loss has stayed at ln(%d) = %.3f for %d logs: the student's outputs are "
+                                "uniform (collapse), so DINO teaches nothing; see docs/pretraining.md, "
+                                "'DINO from MAE weights'",
                                 d.out_dim, math.log(d.out_dim), len(dino_history[-10:]))
 
         due = (config.checkpoint_every_steps > 0 and step % config.checkpoint_every_steps == 0) or (

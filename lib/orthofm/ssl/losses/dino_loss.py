@@ -23,6 +23,8 @@ class DINOLoss(nn.Module):
         self, student_out: list[torch.Tensor], teacher_out: list[torch.Tensor], teacher_temp: float
     ) -> torch.Tensor:
         """``student_out``: logits per crop (all crops); ``teacher_out``: logits per global crop."""
+        if not bool(self.center.any()):  # first step: centre on this batch, not on 0 (see update_center)
+            self.update_center(torch.cat(teacher_out), momentum=0.0)
         teacher_probs = [F.softmax((t.float() - self.center) / teacher_temp, dim=-1).detach() for t in teacher_out]
         total, pairs = 0.0, 0
         for ti, tp in enumerate(teacher_probs):
@@ -35,11 +37,15 @@ class DINOLoss(nn.Module):
         return total / max(pairs, 1)
 
     @torch.no_grad()
-    def update_center(self, teacher_logits: torch.Tensor) -> None:
+    def update_center(self, teacher_logits: torch.Tensor, momentum: float | None = None) -> None:
+        """EMA of the teacher's batch-mean logits. The first call starts it at the batch mean (momentum 0): a
+        zero centre leaves the teacher uncentred for ~20 steps (0.9^20 = 12 %), every image gets the same sharp
+        target, and a fresh head learns that one target at once (measured: the start of uniform collapse)."""
+        m = self.center_momentum if momentum is None else momentum
         batch_center = teacher_logits.float().sum(dim=0, keepdim=True)
         count = torch.tensor([teacher_logits.shape[0]], dtype=torch.float32, device=teacher_logits.device)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(batch_center)
             dist.all_reduce(count)
         batch_center = batch_center / count
-        self.center.mul_(self.center_momentum).add_(batch_center * (1 - self.center_momentum))
+        self.center.mul_(m).add_(batch_center * (1 - m))

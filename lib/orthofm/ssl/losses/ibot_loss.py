@@ -20,6 +20,8 @@ class IBOTPatchLoss(nn.Module):
         self, student_patches: torch.Tensor, teacher_patches: torch.Tensor, mask: torch.Tensor, teacher_temp: float
     ) -> torch.Tensor:
         """Patch logits (B, L, K) for student (masked input) and teacher (full input); ``mask`` (B, L) bool."""
+        if not bool(self.center.any()):  # first step: centre on this batch, not on 0 (see update_center)
+            self.update_center(teacher_patches[mask], momentum=0.0)
         t = F.softmax((teacher_patches.float() - self.center) / teacher_temp, dim=-1).detach()
         s = F.log_softmax(student_patches.float() / self.student_temp, dim=-1)
         per_patch = torch.sum(-t * s, dim=-1)
@@ -29,10 +31,14 @@ class IBOTPatchLoss(nn.Module):
         return loss
 
     @torch.no_grad()
-    def update_center(self, teacher_logits: torch.Tensor) -> None:
+    def update_center(self, teacher_logits: torch.Tensor, momentum: float | None = None) -> None:
+        """EMA of the teacher's batch-mean logits. The first call starts it at the batch mean (momentum 0): a
+        zero centre leaves the teacher uncentred for ~20 steps (0.9^20 = 12 %), every image gets the same sharp
+        target, and a fresh head learns that one target at once (measured: the start of uniform collapse)."""
+        m = self.center_momentum if momentum is None else momentum
         total = teacher_logits.float().sum(dim=0, keepdim=True)
         count = torch.tensor([max(teacher_logits.shape[0], 1)], dtype=torch.float32, device=total.device)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(total)
             dist.all_reduce(count)
-        self.center.mul_(self.center_momentum).add_(total / count * (1 - self.center_momentum))
+        self.center.mul_(m).add_(total / count * (1 - m))
