@@ -138,7 +138,8 @@ def test_two_process_ddp_keeps_ranks_identical(shared_data: Path, tmp_path: Path
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(script), str(data), str(out), "mae+dino", *TINY, "max_steps=3", "checkpoint_every_steps=3"]
     done = subprocess.run(cmd, check=False, env=_env(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, (f"stdout: {done.stdout[-1000:]}\nstderr (head): {done.stderr[:1500]}\n"
+                                  f"stderr (tail): {done.stderr[-1500:]}")
     line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
     result = json.loads(line[len("RESULT "):])
     assert result["world"] == 2
