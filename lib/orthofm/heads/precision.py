@@ -4,7 +4,8 @@ bf16 autocast moves OrthoFM's features by about 0.3 % (relative L2) against floa
 (measured: running the first or last blocks in float32 removes almost none of it). For most images that is
 invisible, but a weak or ambiguous head puts some images so close to a decision boundary that 0.3 % changes
 the grade. Re-embedding just those images in float32 gives the annotator the float32 grade at the cost of one
-extra forward pass for a small fraction of images (measured in docs/benchmarks.md, `bench_models`).
+float32 forward pass for each of them (14 % of knee_kl/train images with the default, weak head; a stronger
+head leaves fewer near ties).
 
 The margin is in the units the head decides in: top-1 minus top-2 probability for ``decode='argmax'``, and
 the distance of the expected grade to the nearest rounding boundary (x.5) for ``decode='expected'``.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,7 +114,8 @@ class GradePredictor:
             raise ValueError(f"head at {str(folder)!r} is for task {head.card.task!r}, not {task!r}")
         return cls(load_backbone(model_dir), head, **kwargs)
 
-    def _predict_features(self, feats: np.ndarray, exact=None) -> Predictions:
+    def _predict_features(self, feats: np.ndarray,
+                          exact: Callable[[np.ndarray], np.ndarray] | None = None) -> Predictions:
         """``exact(rows)``: float32 features of those rows, used for near ties when the features are bf16."""
         probs = self.head.predict_proba(feats)
         rechecked = np.zeros(len(probs), dtype=bool)
