@@ -27,7 +27,8 @@ def main() -> None:
     digests: list = [None] * dist.get_world_size()
     dist.all_gather_object(digests, (digest.hexdigest(), int(state["step"])))
     if dist.get_rank() == 0:
-        print("RESULT " + json.dumps({"world": dist.get_world_size(), "digests": digests}))
+        print("RESULT " + json.dumps({"world": dist.get_world_size(), "digests": digests}), flush=True)
+    dist.barrier()  # neither rank tears gloo down while the other still has work queued on it
     dist.destroy_process_group()
 
 
