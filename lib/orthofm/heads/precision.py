@@ -13,11 +13,13 @@ the distance of the expected grade to the nearest rounding boundary (x.5) for ``
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from .saved import TrainedHead
 
-__all__ = ["RECHECK_MARGIN", "decision_margin", "margin_shift", "near_ties"]
+__all__ = ["RECHECK_MARGIN", "decision_margin", "margin_shift", "near_ties", "redecide_near_ties"]
 
 # Re-check an image when its margin is below this. Chosen on knee_kl/train (not val): over 600 training images
 # (every 5th) the margin moved by at most 0.0092 (top-1 - top-2) and 0.0138 (expected grade) between bf16 and
@@ -42,6 +44,18 @@ def near_ties(head: TrainedHead, probs: np.ndarray, margin: float | None = None)
     """Row indices whose decision a bf16-sized feature change could flip (``margin``: default per decode)."""
     limit = RECHECK_MARGIN[head.card.decode] if margin is None else float(margin)
     return np.flatnonzero(decision_margin(head, probs) < limit)
+
+
+def redecide_near_ties(head: TrainedHead, probs: np.ndarray,
+                       exact: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(probs, rechecked mask): rows near a tie get the probabilities of ``exact(rows)``, their float32 features."""
+    probs = np.array(probs, dtype=np.float64)
+    rechecked = np.zeros(len(probs), dtype=bool)
+    rows = near_ties(head, probs)
+    if len(rows):
+        probs[rows] = head.predict_proba(exact(rows))
+        rechecked[rows] = True
+    return probs, rechecked
 
 
 def margin_shift(head: TrainedHead, bf16: np.ndarray, fp32: np.ndarray) -> np.ndarray:

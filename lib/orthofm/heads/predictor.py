@@ -22,7 +22,7 @@ from orthofm.utils.atomic import atomic_write_text
 
 from .embeddings import EmbeddingStore, ImageItem, backbone_id
 from .finetune import FinetuneHead
-from .precision import near_ties
+from .precision import redecide_near_ties
 from .runtime import default_cache_dir, default_model_dir
 from .saved import TrainedHead, load_head
 
@@ -120,10 +120,7 @@ class GradePredictor:
         probs = self.head.predict_proba(feats)
         rechecked = np.zeros(len(probs), dtype=bool)
         if exact is not None and self.exact_store is not None:
-            rows = near_ties(self.head, probs)
-            if len(rows):
-                probs[rows] = self.head.predict_proba(exact(rows))
-                rechecked[rows] = True
+            probs, rechecked = redecide_near_ties(self.head, probs, exact)
         grade = probs @ np.arange(probs.shape[1], dtype=np.float64) if self.head.card.ordinal else None
         return Predictions(classes=self.head.classes, index=self.head.decode(probs), probabilities=probs,
                            expected_grade=grade, rechecked=rechecked)

@@ -8,7 +8,7 @@ import numpy as np
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
 from lib.server.errors import Conflict
-from orthofm.heads.precision import near_ties
+from orthofm.heads.precision import redecide_near_ties
 
 from .base import OrthoInferTask, Source
 
@@ -65,10 +65,11 @@ class KneeKL(OrthoInferTask):
         feats = features_for(self.runtime, source)
         probs = head.predict_proba(feats)[0].astype(float)
         precision = str(self.runtime.embedding_store.dtype).removeprefix("torch.")
-        if precision != "float32" and len(near_ties(head, probs[None])):
-            # so close to a boundary that bf16 could flip the grade: decide it on float32 features
-            probs = head.predict_proba(features_for(self.runtime, source, exact=True))[0].astype(float)
-            precision = "float32 (near-tie re-check)"
+        if precision != "float32":  # near a boundary bf16 could flip the grade: decide it on float32 features
+            redecided, rechecked = redecide_near_ties(head, probs[None],
+                                                      lambda rows: features_for(self.runtime, source, exact=True))
+            if rechecked[0]:
+                probs, precision = redecided[0], "float32 (near-tie re-check)"
         classes = list(head.classes)
         index = int(head.decode(probs[None])[0])
         result: dict[str, Any] = {
