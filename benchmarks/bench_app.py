@@ -247,7 +247,23 @@ class _Server:
         self.log.close()
 
 
+def _server_timing(header: str) -> dict[str, float]:
+    """``parse;dur=1.2, handler;dur=98.0, total;dur=101.5`` -> {"parse": 1.2, ...}."""
+    out = {}
+    for part in header.split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        if dur:
+            out[name] = float(dur)
+    return out
+
+
 def bench_infer(n: int = 15) -> list[dict]:
+    """HTTP against in-process, with the server's own ``Server-Timing`` split so a miss says where time goes.
+
+    The client is one ``httpx.Client`` kept open, as Slicer's client and any script would: a one-shot
+    ``httpx.post`` also builds a client (an SSL context: tens of ms) per request, which is the caller's cost,
+    not the server's; ``infer_oneshot_client_extra`` measures it.
+    """
     import httpx
 
     png = _sample_image()
@@ -261,29 +277,51 @@ def bench_infer(n: int = 15) -> list[dict]:
         try:
             srv.wait()
             url = srv.url
-            for i in range(3):  # warm-up: model load, allocator
-                httpx.post(url + "/infer/embedding", files={"file": ("x.png", _jitter(png, i))}, timeout=300)
-            rss_warm = srv.rss_mb()
-            http_ms = []
-            for i in range(n):
-                data = _jitter(png, 100 + i)
-                t0 = time.perf_counter()
-                r = httpx.post(url + "/infer/embedding", files={"file": ("x.png", data)}, timeout=300)
-                http_ms.append((time.perf_counter() - t0) * 1000)
-                r.raise_for_status()
-            for i in range(3 * n):
-                httpx.post(url + "/infer/embedding", files={"file": ("x.png", _jitter(png, 1000 + i))}, timeout=300)
+            with httpx.Client(base_url=url, timeout=300) as client:
+                for i in range(3):  # warm-up: model load, allocator
+                    client.post("/infer/embedding", files={"file": ("x.png", _jitter(png, i))})
+                rss_warm = srv.rss_mb()
+                http_ms, stages = [], []
+                for i in range(n):
+                    data = _jitter(png, 100 + i)
+                    t0 = time.perf_counter()
+                    r = client.post("/infer/embedding", files={"file": ("x.png", data)})
+                    http_ms.append((time.perf_counter() - t0) * 1000)
+                    r.raise_for_status()
+                    stages.append(_server_timing(r.headers.get("server-timing", "")))
+                oneshot_ms = []
+                for i in range(n):
+                    t0 = time.perf_counter()
+                    httpx.post(url + "/infer/embedding", files={"file": ("x.png", _jitter(png, 500 + i))},
+                               timeout=300).raise_for_status()
+                    oneshot_ms.append((time.perf_counter() - t0) * 1000)
+                for i in range(3 * n):
+                    client.post("/infer/embedding", files={"file": ("x.png", _jitter(png, 1000 + i))})
             rss_after = srv.rss_mb()
         finally:
             srv.stop()
         inproc_ms = _inprocess_ms(studies, png, n)
     http_med, in_med = statistics.median(http_ms), statistics.median(inproc_ms)
-    rows.append(_row("infer_embedding_http_p50", http_med, "ms", None, f"POST /infer/embedding, 224 px PNG upload, n={n}"))
+    stage_med = {k: statistics.median(s[k] for s in stages if k in s) for k in ("parse", "queue", "handler",
+                                                                                  "encode", "total")
+                 if any(k in s for s in stages)}
+    outside = statistics.median(h - s.get("total", 0.0) for h, s in zip(http_ms, stages))
+    split = ", ".join(f"{k} {v:.1f}" for k, v in stage_med.items())
+    rows.append(_row("infer_embedding_http_p50", http_med, "ms", None,
+                     f"POST /infer/embedding, 224 px PNG upload, one kept-open client, n={n}"))
     rows.append(_row("infer_embedding_inprocess_p50", in_med, "ms", None, "same request through run_infer in-process"))
     rows.append(_row("infer_http_vs_inprocess", http_med / in_med, "x", MONAI_HTTP_RATIO,
                      "server overhead factor; reference = MONAI Label 0.8.5's HTTP/task ratio",
                      compare=_vs_monai("HTTP / in-process latency of one inference", "{value:.2f}x",
                                        "1.03x over the task, 224 px PNG by id (includes no upload; row 2)")))
+    rows.append({**_row("infer_server_stages_p50", stage_med.get("total", 0.0), "ms", http_med,
+                        f"server's Server-Timing medians (ms): {split}; outside the server (client + loopback) "
+                        f"{outside:.1f} ms"),
+                 "stages_ms": {k: round(v, 2) for k, v in {**stage_med, "outside": outside}.items()}})
+    rows.append(_row("infer_handler_server_vs_inprocess", stage_med.get("handler", 0.0) / in_med, "x", None,
+                     "run_infer inside the server (pool thread, Server-Timing) over the same call in this process"))
+    rows.append(_row("infer_oneshot_client_extra", statistics.median(oneshot_ms) - http_med, "ms", http_med,
+                     "one-shot httpx.post (new client and SSL context per request) minus the kept-open client"))
     rows.append(_row("server_rss_after_warmup", rss_warm, "MB", MONAI_RSS_MB, "reference: MONAI Label app, ViT-S",
                      compare=_vs_monai("server RSS after warm-up -> after a burst", "{value:.0f} MB",
                                        "1058 -> 1242 MB (ViT-S + heatmap task; row 4)")))

@@ -234,6 +234,15 @@ def render_comparisons(results: list[dict]) -> list[str]:
     return lines
 
 
+def _partial_lines(report: dict) -> list[str]:
+    base, reruns = report.get("base_run"), report.get("partial_reruns")
+    if not base or not reruns:
+        return []
+    return [(f"- partial re-runs: {', '.join(f'`{k}` at {v}' for k, v in reruns.items())} (the lines above describe"
+             f" the latest of them); every other bench's rows come from the full run generated {base['generated']}"
+             f" (commit `{base['git_commit']}`, load average at start {base['load_average_1_5_15min']})")]
+
+
 def render_markdown(report: dict) -> str:
     """Human-readable ``docs/benchmarks.md`` from the report dict."""
     m = report["machine"]
@@ -250,6 +259,7 @@ def render_markdown(report: dict) -> str:
         (f"- ISA flags: {' '.join(m['isa_flags']) or 'none detected'}; native bf16: {m['native_bf16']};"
          f" torch CPU capability: {m['torch_cpu_capability']}; inference dtype: {m['best_inference_dtype']}"),
         f"- load average (1/5/15 min) at start: {m['load_average_1_5_15min']}",
+        *_partial_lines(report),
         f"- {m['os']}, Python {m['python']}",
         "- libraries: " + ", ".join(f"{k} {v}" for k, v in m["libraries"].items()),
         "",
@@ -282,6 +292,23 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def merge_partial(report: dict, previous: dict, only: Sequence[str]) -> None:
+    """Keep the other benches' rows from ``previous`` and say so, so the header never passes off a partial
+    re-run (its time, load and commit) as the origin of every row."""
+    kept = [r for r in previous.get("results", []) if r.get("bench") not in set(only)]
+    report["results"] = kept + report["results"]
+    seconds = {k: v for k, v in previous.get("bench_seconds", {}).items() if k not in set(only)}
+    report["bench_seconds"] = {**seconds, **report["bench_seconds"]}
+    base = previous.get("base_run") or {
+        "generated": previous.get("generated"), "git_commit": previous.get("git_commit"),
+        "load_average_1_5_15min": previous.get("machine", {}).get("load_average_1_5_15min")}
+    rerun = sorted(set(only) | set((previous.get("partial_reruns") or {}).keys()))
+    report["base_run"] = base
+    report["partial_reruns"] = {**(previous.get("partial_reruns") or {}),
+                                **{name: report["generated"] for name in only}}
+    report["partial_reruns"] = {k: report["partial_reruns"][k] for k in rerun}
+
+
 def run_all(bench_dir: Path = BENCH_DIR, out_dir: Path = REPO_ROOT / "docs",
             only: Sequence[str] | None = None) -> dict:
     """Run the benches, compare with the previous report, write both reports; returns the report."""
@@ -305,8 +332,7 @@ def run_all(bench_dir: Path = BENCH_DIR, out_dir: Path = REPO_ROOT / "docs",
                     g["previous"], g["current"], g["unit"], g["relative_performance"])
     report = build_report(outcomes, machine, regressions)
     if only and previous:  # a partial run keeps the other benches' last results
-        kept = [r for r in previous.get("results", []) if r.get("bench") not in set(only)]
-        report["results"] = kept + report["results"]
+        merge_partial(report, previous, only)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
     atomic_write_text(md_path, render_markdown(report))

@@ -113,9 +113,17 @@ def test_partial_run_keeps_other_benches_results(tmp_path: Path) -> None:
     for name in ("alpha", "beta"):
         (benches / f"bench_{name}.py").write_text(f"def run():\n    return {row}\n")
     run_all.run_all(bench_dir=benches, out_dir=out)
+    full = json.loads((out / "benchmarks.json").read_text())
     report = run_all.run_all(bench_dir=benches, out_dir=out, only=["beta"])
     assert sorted(r["bench"] for r in report["results"]) == ["alpha", "beta"]
     assert report["regressions"] == []
+    # the header says which rows were re-measured and where the others come from
+    assert report["base_run"]["generated"] == full["generated"]
+    assert set(report["partial_reruns"]) == {"beta"} and set(report["bench_seconds"]) == {"alpha", "beta"}
+    md = (out / "benchmarks.md").read_text()
+    assert "partial re-runs: `beta`" in md and f"full run generated {full['generated']}" in md
+    again = run_all.run_all(bench_dir=benches, out_dir=out, only=["alpha"])
+    assert again["base_run"] == report["base_run"] and set(again["partial_reruns"]) == {"alpha", "beta"}
 
 
 def test_matmul_bench_measures_real_throughput(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -145,12 +153,19 @@ def test_targets_table_takes_the_worst_row_and_says_what_is_missing() -> None:
         {"bench": "app", "name": "next_sample_coreset_100000", "value": 0.2, "ratio": None},
         {"bench": "app", "name": "next_sample_hybrid_100000", "value": 0.6, "ratio": None},
         {"bench": "app", "name": "next_sample_hybrid_10000", "value": 9.0, "ratio": None},
+        {"bench": "app", "name": "infer_http_vs_inprocess", "value": 1.08, "ratio": 1.05},
+        {"bench": "app", "name": "infer_embedding_http_p50", "value": 108.0, "ratio": None},
+        {"bench": "app", "name": "infer_server_stages_p50", "value": 104.0, "ratio": None,
+         "stages_ms": {"parse": 2.0, "queue": 0.5, "handler": 100.0, "encode": 0.3, "total": 104.0, "outside": 4.0}},
     ]
     table = {line.split(" | ")[0].lstrip("| "): line for line in render_targets(rows) if line.startswith("| ")}
     knn = next(v for k, v in table.items() if k.startswith("patch-kNN"))
     assert "| 1.70 |" in knn and "**no**" in knn and "heatmap_patchknn_cr_1760" in knn and "regions 60.0 ms" in knn
     nxt = next(v for k, v in table.items() if k.startswith("next sample"))
     assert "| 0.60 s |" in nxt and "| yes |" in nxt  # the 10k row is not part of the 100k target
+    http = next(v for k, v in table.items() if k.startswith("server `/infer`"))
+    assert "| 1.08x |" in http and "**no**" in http
+    assert "of 108.0 ms" in http and "handler takes 100.0 ms" in http and "client + loopback 4.0 ms" in http
     mri = next(v for k, v in table.items() if k.startswith("80-slice"))
     assert "not measured" in mri
     assert render_targets([]) == []

@@ -245,3 +245,21 @@ def test_server_still_serves_after_everything(env) -> None:
     assert http.post("/infer/embedding", params={"image": env["ids"]["png"][0]}).status_code == 200
     assert env["srv"].proc.poll() is None
     assert sys.version_info >= (3, 10)
+
+
+def test_infer_answers_say_where_the_server_spent_its_time(env) -> None:
+    """Server-Timing splits an upload's time into body parse, pool queue, handler and encode, inside total."""
+    from benchmarks.bench_app import _server_timing
+
+    http: httpx.Client = env["http"]
+    png = (env["studies"] / f"{env['ids']['png'][0]}.png").read_bytes()
+    r = http.post("/infer/embedding", files={"file": ("x.png", png)})
+    assert r.status_code == 200, r.text
+    stages = _server_timing(r.headers["server-timing"])
+    assert set(stages) == {"parse", "queue", "handler", "encode", "total"}, r.headers["server-timing"]
+    assert all(v >= 0 for v in stages.values())
+    assert stages["handler"] > 1.0  # a real backbone forward, not an empty call
+    inside = stages["parse"] + stages["queue"] + stages["handler"] + stages["encode"]
+    assert inside <= stages["total"] + 0.05, stages
+    bad = http.post("/infer/embedding", params={"image": "no-such-image"})
+    assert bad.status_code == 404 and "total;dur=" in bad.headers["server-timing"]

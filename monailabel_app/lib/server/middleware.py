@@ -58,10 +58,11 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         rid = uuid.uuid4().hex[:16]
-        scope.setdefault("state", {})["request_id"] = rid
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        scope.setdefault("state", {}).update(request_id=rid, t0=t0, timings=timings)
         path = scope.get("path", "")
         method = scope.get("method", "")
-        t0 = time.perf_counter()
         state = {"status": 500, "started": False}
         rid_header = (b"x-request-id", rid.encode())
 
@@ -70,7 +71,8 @@ class RequestGuard:
                 state["started"] = True
                 state["status"] = message["status"]
                 message = dict(message)
-                message["headers"] = list(message.get("headers", [])) + [rid_header]
+                message["headers"] = list(message.get("headers", [])) + [
+                    rid_header, (b"server-timing", server_timing(timings, (time.perf_counter() - t0) * 1000))]
             await send(message)
 
         try:
@@ -111,6 +113,13 @@ class RequestGuard:
         finally:
             ms = (time.perf_counter() - t0) * 1000
             log.info("%s %s %s %d %.1fms", rid, method, path, state["status"], ms)
+
+
+def server_timing(timings: dict[str, float], total_ms: float) -> bytes:
+    """``Server-Timing`` (W3C) value: the stages a route recorded plus ``total`` (arrival to response start), so
+    a client can tell server time from transfer time without server logs."""
+    parts = [f"{name};dur={ms:.2f}" for name, ms in timings.items()] + [f"total;dur={total_ms:.2f}"]
+    return ", ".join(parts).encode()
 
 
 async def send_wrapper_json(send: Send, status: int, body: dict, headers: list | None = None) -> None:

@@ -1,5 +1,8 @@
 """POST /infer/{model}: validated, run in the inference pool (never on the event loop), temp files always removed.
 
+The answer's ``Server-Timing`` header splits the server's time into parse (body read), queue (waiting for an
+inference thread), handler (``run_infer``, the in-process call) and encode (response body).
+
 Wire-compatible with MONAI Label clients: a result file comes back as ``multipart/form-data`` with a ``params``
 JSON part and an ``image`` file part (``output=image`` -> the file only, ``output=json`` -> JSON only); a result
 without a file is plain JSON.
@@ -11,6 +14,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -129,7 +133,21 @@ async def infer(
         raise InvalidParams("give exactly one input: ?image=<datastore id> or a file upload")
     loop = asyncio.get_running_loop()
     rid = request.state.request_id
-    result, data, name = await loop.run_in_executor(
-        request.app.state.infer_pool, run_infer, instance, settings, model, image, p, file, rid
-    )
-    return respond(result, data, name, output)
+    timings = getattr(request.state, "timings", {})
+    entered = time.perf_counter()
+    if hasattr(request.state, "t0"):
+        timings["parse"] = (entered - request.state.t0) * 1000  # headers + multipart body read and spooled
+
+    def timed_run() -> tuple[dict, bytes | None, str | None]:
+        started = time.perf_counter()
+        timings["queue"] = (started - entered) * 1000  # waiting for an inference thread
+        try:
+            return run_infer(instance, settings, model, image, p, file, rid)
+        finally:
+            timings["handler"] = (time.perf_counter() - started) * 1000  # what the in-process call costs
+
+    result, data, name = await loop.run_in_executor(request.app.state.infer_pool, timed_run)
+    encode_start = time.perf_counter()
+    response = respond(result, data, name, output)
+    timings["encode"] = (time.perf_counter() - encode_start) * 1000
+    return response
