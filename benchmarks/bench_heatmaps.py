@@ -1,8 +1,9 @@
 """Heatmap latency per radiograph and per MRI volume, relative to the backbone's own forward pass.
 
 ``ratio`` = end-to-end ``HeatmapEngine.run`` time (preparation, scores, smoothing, inverse mapping to the
-original grid, regions) / one ``forward_features`` call on the same prepared canvas; for the MRI volume
-the reference is the forward passes of all its slices. Forward and heatmap runs are timed in alternation,
+original grid, regions) / one ``forward_features`` call on the same prepared canvas, in the engine's own
+precision (bf16 autocast where the CPU has it, as in the product); for the MRI volume the reference is the
+forward passes of all its slices. Forward and heatmap runs are timed in alternation,
 so foreign load on the shared CPU hits both. Patch kNN is designed to stay under 1.5 forward passes: it
 reuses the forward's patch tokens and searches a coreset bank with an exact faiss inner-product index.
 Each row's notes also give the median time per stage of ``HeatmapEngine.run`` (prepare, forward, search,
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from orthofm.heads.runtime import autocast
 from orthofm.heatmaps import BankBuildConfig, HeatmapEngine, NormalBank, build_bank, default_bank_path
 from orthofm.heatmaps.inputs import read_quietly
 from orthofm.utils.runtime import configure_threads
@@ -113,9 +115,10 @@ def run(
         batch = first.config.batch_size
         n_repeats = mri_repeats if x.shape[0] > 1 else repeats
 
-        def forward(x: torch.Tensor = x, batch: int = batch) -> None:
-            for i in range(0, x.shape[0], batch):
-                bb.forward_features(x[i : i + batch])
+        def forward(x: torch.Tensor = x, batch: int = batch, dtype: torch.dtype = first.inputs.dtype) -> None:
+            with torch.inference_mode(), autocast(dtype):  # the engine's own precision
+                for i in range(0, x.shape[0], batch):
+                    bb.forward_features(x[i : i + batch])
 
         if not rows or x.shape[0] == 1:  # warm-up: allocator, faiss index, lazy imports (a volume
             for engine in engines.values():  # after a radiograph skips it: one round is ~100 forwards)

@@ -464,3 +464,71 @@ def test_report_folder_and_docs_block_are_regenerated_in_place(tmp_path):
     text = doc.read_text()
     assert text.startswith("# Heatmaps\n\nbefore\n") and text.rstrip().endswith("after")
     assert "old numbers" not in text and text.count(DOC_END) == 1 and "(results/README.md)" in text
+
+
+def test_maps_use_the_fast_path_by_default_and_match_float32(shared_data: Path, monkeypatch) -> None:
+    """Heatmaps run in bf16 autocast where the CPU has it (like embeddings); maps and scores stay float32's."""
+    from orthofm.heads.runtime import default_model_dir, inference_dtype
+    from orthofm.heatmaps import default_bank_path
+    from orthofm.models import load_backbone
+
+    model = default_model_dir()
+    bb = load_backbone(model)
+    bank = NormalBank.load(default_bank_path(model, "knee"))
+    assert HeatmapEngine(bb, "patchknn", bank).inputs.dtype == inference_dtype()
+    monkeypatch.setenv("ORTHOFM_FORCE_FP32", "1")
+    assert HeatmapEngine(bb, "patchknn", bank).inputs.dtype == torch.float32
+    monkeypatch.delenv("ORTHOFM_FORCE_FP32")
+    with pytest.raises(ValueError, match="precision"):
+        HeatmapEngine(bb, "patchknn", bank, HeatmapConfig(precision="fp8"))
+    records = [read(p) for p in sorted((shared_data / "knee_kl" / "val" / "3").glob("*.png"))[:4]]
+    for method in ("patchknn", "recon"):
+        fast, exact = (HeatmapEngine(bb, method, bank, HeatmapConfig(precision=p)) for p in ("bf16", "fp32"))
+        for record in records:
+            a, b = fast.run(record), exact.run(record)
+            assert not np.array_equal(a.map, b.map)  # bf16 really ran
+            assert np.corrcoef(a.map.ravel(), b.map.ravel())[0, 1] > 0.999, method
+            assert abs(a.score - b.score) <= 0.01 * abs(b.score), (method, a.score, b.score)
+
+
+def test_bank_search_by_matrix_product_matches_faiss(monkeypatch) -> None:
+    from orthofm.heatmaps import bank as bank_module
+    from orthofm.heatmaps.bank import BankCard
+
+    rng = np.random.default_rng(3)
+    feats = rng.standard_normal((500, 32)).astype(np.float32)
+    card = BankCard(backbone_id="t", backbone_fingerprint="f", anatomy="knee", input_size=32, dim=32,
+                    n_source_images=1, n_patches_total=500, n_patches=500, coreset_ratio=1.0, projection_dim=0)
+    bank = NormalBank(feats, card)
+    queries = np.concatenate([feats[:7] * 3.0, rng.standard_normal((50, 32)).astype(np.float32)])
+    monkeypatch.setattr(bank_module, "SEARCH_BLOCK", 16)  # several blocks
+    exact = bank.max_similarity(queries)  # faiss flat index
+    np.testing.assert_allclose(exact[:7], 1.0, atol=1e-5)  # a bank patch (rescaled) finds itself
+    np.testing.assert_allclose(bank.max_similarity(queries, dtype=torch.float32), exact, atol=1e-5)
+    np.testing.assert_allclose(bank.max_similarity(queries, dtype=torch.bfloat16), exact, atol=1e-5)
+    with pytest.raises(BankError, match="do not match"):
+        bank.max_similarity(queries[:, :16], dtype=torch.float32)
+
+
+@pytest.mark.parametrize("shape", [(120, 90), (9, 40, 30)])
+def test_regions_on_the_cropped_box_match_labelling_the_whole_map(shape) -> None:
+    from scipy import ndimage
+
+    rng = np.random.default_rng(len(shape))
+    arr = ndimage.gaussian_filter(rng.random(shape).astype(np.float32), 2)
+    arr[(slice(None),) * (len(shape) - 2) + (slice(0, 10), slice(0, 10))] = 0  # blobs away from the corner
+    thr = float(np.quantile(arr, 0.97))
+    got = find_regions(arr, thr, max_regions=50)
+    lab, n = ndimage.label(arr >= thr, structure=np.ones((3,) * arr.ndim, dtype=bool))
+    assert n > 2 and len(got) == n
+    for region in got:
+        i = lab[tuple(region.peak_index)]
+        assert i > 0
+        box = ndimage.find_objects(lab)[i - 1]
+        assert region.bbox_min_index == [s.start for s in box]
+        assert region.bbox_max_index == [s.stop - 1 for s in box]
+        assert region.n_pixels == int((lab == i).sum())
+        assert region.peak == pytest.approx(float(arr[lab == i].max()))
+        assert region.mean == pytest.approx(float(arr[lab == i].mean()), rel=1e-5)
+    assert [r.peak for r in got] == sorted((r.peak for r in got), reverse=True)
+    assert find_regions(arr, float(arr.max()) + 1) == []

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["DEFAULT_MODEL_DIR", "autocast", "default_cache_dir", "default_model_dir", "inference_dtype"]
+__all__ = [
+    "DEFAULT_MODEL_DIR", "autocast", "default_cache_dir", "default_model_dir", "inference_dtype", "precision_dtype",
+]
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_MODEL_DIR = REPO_ROOT / "monailabel_app" / "model" / "orthofm_vits16"
@@ -37,6 +39,18 @@ def inference_dtype() -> torch.dtype:
     except ImportError:  # older checkout without the runtime helpers
         return torch.float32
     return best_inference_dtype()
+
+
+PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def precision_dtype(name: str) -> torch.dtype:
+    """A config's ``precision`` ("auto", "bf16", "fp32") as the autocast dtype; "auto" is ``inference_dtype()``."""
+    if name == "auto":
+        return inference_dtype()
+    if name not in PRECISIONS:
+        raise ValueError(f"precision must be one of {['auto', *PRECISIONS]}, got {name!r}")
+    return PRECISIONS[name]
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..heads.runtime import precision_dtype
 from ..io import ImageRecord
 from .bank import BankCard, NormalBank
 from .coreset import greedy_coreset
@@ -116,7 +117,8 @@ def build_bank(
     bank_src, calib_src = split_calibration(
         sources, config.calibration_fraction, config.max_calibration_images, config.seed, config.group_regex
     )
-    inputs = ModelInputs(backbone, hm_config.size, hm_config.batch_size, hm_config.min_patch_coverage)
+    inputs = ModelInputs(backbone, hm_config.size, hm_config.batch_size, hm_config.min_patch_coverage,
+                         dtype=precision_dtype(hm_config.precision))
 
     chunks: list[np.ndarray] = []
     t0 = time.monotonic()

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from ..heads.runtime import autocast, precision_dtype
 from ..io import ImageRecord, PreparedImage
 from ..io.writers import record_geometry
 from .bank import BankError, NormalBank
@@ -72,6 +73,7 @@ class HeatmapConfig:
     )
     recon: ReconConfig = field(default_factory=ReconConfig)
     check_bank_backbone: bool = True
+    precision: str = "auto"  # "auto": bf16 autocast where the CPU runs bf16 natively, else fp32; or "bf16"/"fp32"
 
 
 @dataclass
@@ -130,7 +132,8 @@ class HeatmapEngine:
             raise ValueError(f"unknown heatmap method {method!r}; choose from {METHODS}")
         self.config = config or HeatmapConfig()
         self.inputs = ModelInputs(
-            backbone, self.config.size, self.config.batch_size, self.config.min_patch_coverage
+            backbone, self.config.size, self.config.batch_size, self.config.min_patch_coverage,
+            dtype=precision_dtype(self.config.precision),
         )
         self.backbone = self.inputs.backbone
         self.method = method
@@ -201,7 +204,7 @@ class HeatmapEngine:
             tokens = self.inputs.tokens(x)
             clock.lap("forward")
             n, h, w, d = tokens.shape
-            sims = self.bank.max_similarity(tokens.reshape(-1, d).numpy())
+            sims = self.bank.max_similarity(tokens.reshape(-1, d).numpy(), dtype=self.inputs.dtype)
             dist = (1.0 - sims).reshape(n, h, w).astype(np.float32)
             patch["patchknn"] = dist
             pixel["patchknn"] = F.interpolate(
@@ -212,7 +215,8 @@ class HeatmapEngine:
             )[:, 0].numpy()
             clock.lap("search")
         if "recon" in self.methods:
-            rm = reconstruction_error(self.backbone, x.to(self.inputs.device), self.config.recon)
+            with autocast(self.inputs.dtype):
+                rm = reconstruction_error(self.backbone, x.to(self.inputs.device), self.config.recon)
             patch["recon"] = rm.patch.cpu().numpy().astype(np.float32)
             pixel["recon"] = rm.pixel.cpu().numpy().astype(np.float32)
             clock.lap("recon")

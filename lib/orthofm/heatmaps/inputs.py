@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..heads.runtime import autocast, inference_dtype
 from ..io import ImageRecord, PreparedImage, SpacingUnknownWarning, prepare_2d, read_image, robust_range
 
 __all__ = ["ModelInputs", "read_quietly"]
@@ -31,8 +32,12 @@ class ModelInputs:
         size: int | None = None,
         batch_size: int = 8,
         min_patch_fraction: float = 0.25,
+        dtype: torch.dtype | None = None,
     ) -> None:
         self.backbone = backbone.eval()
+        # the fast path by default (bf16 autocast where the CPU runs it natively; ORTHOFM_FORCE_FP32=1 forces
+        # float32): the bank and the maps share this class, so they always see the same precision
+        self.dtype = dtype if dtype is not None else inference_dtype()
         self.size = int(size or backbone.preprocess.input_size)
         self.patch_size = int(backbone.patch_size)
         if self.size % self.patch_size:
@@ -72,8 +77,9 @@ class ModelInputs:
     @torch.no_grad()
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) -> (N, h, w, D) float32 patch tokens on CPU, in batches of ``batch_size``."""
-        out = [
-            self.backbone.forward_features(x[i : i + self.batch_size].to(self.device))["patches"]
-            for i in range(0, x.shape[0], self.batch_size)
-        ]
-        return torch.cat(out).float().cpu()
+        with autocast(self.dtype):
+            out = [
+                self.backbone.forward_features(x[i : i + self.batch_size].to(self.device))["patches"].float()
+                for i in range(0, x.shape[0], self.batch_size)
+            ]
+        return torch.cat(out).cpu()

@@ -54,19 +54,25 @@ def find_regions(
         raise ValueError(f"heatmap must be 2D or 3D, got shape {arr.shape}")
     sp3, o3, d3 = full_geometry(arr.shape, spacing, origin, direction)
     affine = affine_lps(sp3, o3, d3)
-    lab, n = ndimage.label(arr >= threshold, structure=np.ones((3,) * arr.ndim, dtype=bool))
-    if n == 0:
+    above = arr >= threshold
+    crop = _bounding_box(above)
+    if crop is None:
         return []
+    # label only the box that holds above-threshold pixels: the same components, far fewer pixels on a large
+    # radiograph whose abnormal area is small (scipy's label dominated the heatmap's fixed cost there)
+    offset = np.array([s.start for s in crop])
+    sub = arr[crop]
+    lab, n = ndimage.label(above[crop], structure=np.ones((3,) * arr.ndim, dtype=bool))
     # statistics over the above-threshold voxels only (scipy's per-label helpers sort the whole array)
     where = np.flatnonzero(lab)
     ids = lab.reshape(-1)[where]
-    vals = arr.reshape(-1)[where]
+    vals = sub.reshape(-1)[where]
     sizes = np.bincount(ids, minlength=n + 1)[1:]
     means = np.bincount(ids, weights=vals, minlength=n + 1)[1:] / np.maximum(sizes, 1)
     order_in = np.lexsort((vals, ids))  # by label, then value: the last entry of each label is its peak
     last = order_in[np.r_[np.flatnonzero(np.diff(ids[order_in])), ids.size - 1]]
     peaks = vals[last]
-    peak_pos = [tuple(int(v) for v in np.unravel_index(where[j], arr.shape)) for j in last]
+    peak_pos = [tuple(int(v) for v in np.unravel_index(where[j], sub.shape) + offset) for j in last]
     slices = ndimage.find_objects(lab)
     order = [i for i in np.argsort(-peaks, kind="stable") if sizes[i] >= min_pixels][:max_regions]
 
@@ -79,8 +85,8 @@ def find_regions(
     out = []
     for rank, i in enumerate(order):
         sl = slices[i]
-        lo = np.array([s.start for s in sl])
-        hi = np.array([s.stop - 1 for s in sl])
+        lo = np.array([s.start for s in sl]) + offset
+        hi = np.array([s.stop - 1 for s in sl]) + offset
         corners = np.array(
             [
                 to_lps(np.where(bits, hi, lo))
@@ -106,3 +112,14 @@ def find_regions(
             )
         )
     return out
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """Slices of the smallest box holding every True pixel; None when there is none."""
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hit.size == 0:
+            return None
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
