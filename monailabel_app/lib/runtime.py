@@ -209,11 +209,9 @@ class ModelRuntime:
         return {k: v.float() for k, v in out.items()}
 
     def _forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        from orthofm.heads.runtime import autocast, inference_dtype
+        from orthofm.heads.runtime import forward_features, inference_dtype
 
-        bb = self.backbone
-        with autocast(inference_dtype()):
-            out = bb.forward_features(x.to(self.settings.device))
+        out = forward_features(self.backbone, x.to(self.settings.device), inference_dtype())
         return {k: v.float() for k, v in out.items()}
 
     def read(self, path: str | Path) -> Any:

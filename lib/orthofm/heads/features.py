@@ -13,7 +13,7 @@ import torch
 
 from orthofm.models import Backbone
 
-from .runtime import autocast
+from .runtime import forward_features
 
 __all__ = ["FEATURE_DEFINITION", "embed_batch", "feature_dim", "pool_tokens"]
 
@@ -34,6 +34,5 @@ def pool_tokens(out: dict[str, torch.Tensor]) -> torch.Tensor:
 @torch.inference_mode()
 def embed_batch(backbone: Backbone, x: torch.Tensor, dtype: torch.dtype | None = None) -> np.ndarray:
     """Features of a normalised (B, 3, S, S) batch as a float32 numpy array."""
-    with autocast(dtype):
-        out = backbone.forward_features(x)
+    out = forward_features(backbone, x, dtype)
     return pool_tokens(out).cpu().numpy().astype(np.float32)

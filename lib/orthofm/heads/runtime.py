@@ -7,14 +7,18 @@ checkout) live in one place and the rest of the package never guesses.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+log = logging.getLogger(__name__)
+
 __all__ = [
-    "DEFAULT_MODEL_DIR", "autocast", "default_cache_dir", "default_model_dir", "inference_dtype", "precision_dtype",
+    "DEFAULT_MODEL_DIR", "autocast", "default_cache_dir", "default_model_dir", "forward_features", "inference_dtype",
+    "inference_engine", "precision_dtype",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -61,3 +65,73 @@ def autocast(dtype: torch.dtype | None) -> Iterator[None]:
         return
     with torch.autocast("cpu", dtype=dtype):
         yield
+
+
+ENGINES = ("auto", "torch", "openvino")
+
+
+def inference_engine(dtype: torch.dtype | None) -> str:
+    """"openvino" or "torch" for a frozen forward in ``dtype``; ``ORTHOFM_ENGINE`` (auto|torch|openvino) decides.
+
+    auto = OpenVINO for the bf16 fast path when it is installed (measured faster, see
+    ``orthofm.models.openvino_engine``), torch otherwise and for float32, which stays the reference path.
+    """
+    choice = os.environ.get("ORTHOFM_ENGINE", "auto").strip().lower() or "auto"
+    if choice not in ENGINES:
+        raise ValueError(f"ORTHOFM_ENGINE must be one of {list(ENGINES)}, got {choice!r}")
+    if choice == "torch":
+        return "torch"
+    from orthofm.models.openvino_engine import openvino_available
+
+    if not openvino_available():
+        if choice == "openvino":
+            raise RuntimeError("ORTHOFM_ENGINE=openvino but the openvino package is not installed")
+        return "torch"
+    return "openvino" if choice == "openvino" or dtype == torch.bfloat16 else "torch"
+
+
+def forward_features(backbone: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    """``backbone.forward_features(x)`` on the fast path for ``dtype``: OpenVINO or torch autocast.
+
+    OpenVINO serves frozen backbones in eval mode on CPU inputs of a square canvas; anything else (training,
+    GPU, odd shapes, a model the converter cannot take) runs in torch. The converted model lives on the
+    backbone object and is rebuilt when its weights change in place (torch's version counters).
+    """
+    ov = _openvino_for(backbone, x, dtype)
+    if ov is not None:
+        return ov(x)
+    with autocast(dtype):
+        return backbone.forward_features(x)
+
+
+class _EngineSlot(dict):
+    """Where a backbone keeps its converted model: a copy or a pickle of the backbone starts empty (the
+    compiled model can be neither; fine-tuning deep-copies backbones that may already have served)."""
+
+    def __deepcopy__(self, memo: dict) -> _EngineSlot:
+        return _EngineSlot()
+
+    def __reduce__(self) -> tuple:
+        return (_EngineSlot, ())
+
+
+def _openvino_for(backbone: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | None) -> object | None:
+    if backbone.training or x.device.type != "cpu" or x.ndim != 4 or x.shape[-1] != x.shape[-2]:
+        return None
+    if inference_engine(dtype) != "openvino":
+        return None
+    version = sum(p._version for p in backbone.parameters())
+    key = (int(x.shape[-1]), dtype, version)
+    engines = backbone.__dict__.setdefault("_orthofm_openvino", _EngineSlot())
+    if key not in engines:
+        engines.clear()  # an old size or stale weights: keep one converted model per backbone
+        from orthofm.models.openvino_engine import OpenVINOFeatures
+
+        try:
+            engines[key] = OpenVINOFeatures(
+                backbone, int(x.shape[-1]), precision="bf16" if dtype == torch.bfloat16 else "f32"
+            )
+        except Exception as exc:  # noqa: BLE001 - a model OpenVINO cannot convert still runs in torch
+            log.warning("OpenVINO could not take this backbone (%s); using torch", exc)
+            engines[key] = None
+    return engines[key]

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..heads.runtime import autocast, inference_dtype
+from ..heads.runtime import forward_features, inference_dtype
 from ..io import ImageRecord, PreparedImage, SpacingUnknownWarning, prepare_2d, read_image, robust_range
 
 __all__ = ["ModelInputs", "read_quietly"]
@@ -77,9 +77,8 @@ class ModelInputs:
     @torch.no_grad()
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) -> (N, h, w, D) float32 patch tokens on CPU, in batches of ``batch_size``."""
-        with autocast(self.dtype):
-            out = [
-                self.backbone.forward_features(x[i : i + self.batch_size].to(self.device))["patches"].float()
-                for i in range(0, x.shape[0], self.batch_size)
-            ]
+        out = [
+            forward_features(self.backbone, x[i : i + self.batch_size].to(self.device), self.dtype)["patches"].float()
+            for i in range(0, x.shape[0], self.batch_size)
+        ]
         return torch.cat(out).cpu()
