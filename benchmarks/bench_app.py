@@ -257,7 +257,7 @@ def _server_timing(header: str) -> dict[str, float]:
     return out
 
 
-def bench_infer(n: int = 15) -> list[dict]:
+def bench_infer(n: int = 25) -> list[dict]:
     """HTTP against in-process, with the server's own ``Server-Timing`` split so a miss says where time goes.
 
     The client is one ``httpx.Client`` kept open, as Slicer's client and any script would: a one-shot

@@ -49,7 +49,8 @@ def test_default_model_features_match_float32_at_any_batch(private_cache: Path) 
                                                                             for k in out}
     exact = OpenVINOFeatures(bb, 224, precision="f32")(x)
     assert all(rel(exact[k], ref[k]) < 1e-4 for k in ref)
-    assert len(list(private_cache.iterdir())) == 1  # one converted model for these weights and size
+    # one converted model per weights, input size and weight format (fp16 on disk for bf16, fp32 for f32)
+    assert sorted(p.name.rsplit("-", 1)[1] for p in private_cache.iterdir()) == ["fp16w", "fp32w"]
 
 
 def test_converted_once_then_read_back_and_damage_is_repaired(private_cache: Path, monkeypatch) -> None:

@@ -54,8 +54,19 @@ def weights_digest(backbone: torch.nn.Module) -> str:
         t = tensor.detach().cpu().contiguous()
         h.update(name.encode())
         h.update(str((tuple(t.shape), str(t.dtype))).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():
+            h.update(t.view(torch.uint8).numpy())  # hashed in place: a bytes copy of every tensor cost ~90 MB RSS
     return h.hexdigest()
+
+
+def _release_freed_memory() -> None:
+    """glibc keeps freed heap pages mapped; ``malloc_trim`` returns them (a no-op elsewhere)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class _Outputs(torch.nn.Module):
@@ -92,16 +103,21 @@ class OpenVINOFeatures:
         with torch.inference_mode():
             self.keys = list(backbone.forward_features(example).keys())
         digest = weights_digest(backbone)
-        tag = f"{digest[:24]}-s{self.input_size}-{'_'.join(self.keys)}-ov{ov.__version__.split('-')[0]}"
+        tag = f"{digest[:24]}-s{self.input_size}-{'_'.join(self.keys)}-ov{ov.__version__.split('-')[0]}-{self._weights(precision)}"
         self.folder = Path(cache_dir or default_openvino_cache()) / tag
         core = ov.Core()
-        model = self._load(core) or self._convert(core, backbone, example)
+        model = self._load(core)
+        if model is None:
+            converted = self._convert(core, backbone, example, compress=self._weights(precision) == "fp16w")
+            model = self._load(core) or converted  # the saved copy when there is one: every run alike
         config = {
             "INFERENCE_PRECISION_HINT": precision,
             "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
             "PERFORMANCE_HINT": "LATENCY",
         }
         self._compiled = core.compile_model(model, "CPU", config)
+        del model
+        _release_freed_memory()  # conversion and compilation free ~100 MB of temporaries: give it back
         self._lock = threading.Lock()
         self._requests: list = []  # idle infer requests: one per concurrent caller, reused
 
@@ -116,7 +132,11 @@ class OpenVINOFeatures:
             shutil.rmtree(self.folder, ignore_errors=True)
             return None
 
-    def _convert(self, core: object, backbone: torch.nn.Module, example: torch.Tensor) -> object:
+    @staticmethod
+    def _weights(precision: str) -> str:
+        return "fp16w" if precision == "bf16" else "fp32w"
+
+    def _convert(self, core: object, backbone: torch.nn.Module, example: torch.Tensor, compress: bool) -> object:
         import openvino as ov
 
         log.info("converting the backbone to OpenVINO (once per weights and input size) -> %s", self.folder)
@@ -130,7 +150,9 @@ class OpenVINOFeatures:
         tmp = self.folder.with_name(f".{self.folder.name}.tmp-{secrets.token_hex(4)}")
         try:
             tmp.mkdir(parents=True)
-            ov.save_model(model, str(tmp / MODEL_XML), compress_to_fp16=False)
+            # for bf16, fp16 weights on disk: the runtime computes in bf16 anyway (same 0.29 % feature error
+            # measured) and the mapped file is half the size, which took 72 MB off the server's resident memory
+            ov.save_model(model, str(tmp / MODEL_XML), compress_to_fp16=compress)
             try:
                 os.replace(tmp, self.folder)
             except OSError:  # another process got there first: its copy is as good as ours
