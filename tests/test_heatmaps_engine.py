@@ -176,7 +176,7 @@ def test_bank_from_another_backbone_is_refused(backbone, knee_paths):
 
 def test_calibrated_bank_gives_normal_units_and_both(backbone, knee_paths):
     bank = build_bank(backbone, knee_paths, BankBuildConfig(coreset_ratio=0.3, calibration_fraction=0.25))
-    assert set(bank.card.calibration) == {"patchknn", "recon"}
+    assert set(bank.card.calibration) == {"patchknn", "recon", "global"}
     assert bank.card.n_source_images + bank.card.calibration["recon"]["n_images"] == len(knee_paths)
     q = bank.card.calibration["patchknn"]["map_quantiles"]
     assert len(q) == 101 and q == sorted(q)
@@ -376,9 +376,11 @@ def test_evaluation_smoke_on_the_knee_set(backbone, shared_data, knee_paths):
     report = evaluate_heatmaps(engine, config)
     image = report["image_level"]
     assert image["n_images"] == 10 and image["n_per_grade"] == {0: 2, 1: 2, 2: 2, 3: 2, 4: 2}
-    assert set(image["methods"]) == {"recon", "patchknn", "both_set_rank", "both_calibrated"}
-    for entry in image["methods"].values():
-        assert 0 <= entry["auroc_kl0_vs_kl34"] <= 1 and -1 <= entry["spearman_grade"] <= 1
+    assert set(image["methods"]) == {"recon", "patchknn", "both_set_rank", "both_calibrated", "global"}
+    for name, entry in image["methods"].items():
+        assert 0 <= entry["auroc_kl0_vs_kl34"] <= 1
+        # the tiny random ViT gives every knee the same CLS token: a constant global score has no rank correlation
+        assert -1 <= entry["spearman_grade"] <= 1 or (name == "global" and np.isnan(entry["spearman_grade"]))
     pixel = report["pixel_level"]
     assert pixel["n_images"] == 3 and 0 < pixel["lesion_fraction"] < 0.2
     assert set(pixel["methods"]) == {"recon", "patchknn", "both"}
@@ -532,3 +534,40 @@ def test_regions_on_the_cropped_box_match_labelling_the_whole_map(shape) -> None
         assert region.mean == pytest.approx(float(arr[lab == i].mean()), rel=1e-5)
     assert [r.peak for r in got] == sorted((r.peak for r in got), reverse=True)
     assert find_regions(arr, float(arr.max()) + 1) == []
+
+
+def test_global_image_score_from_the_banks_normal_images(tmp_path, backbone, knee_paths, wrist) -> None:
+    """One CLS per source image is stored with the bank; an image's global score is its CLS novelty."""
+    records = [read(p) for p in knee_paths]
+    bank = build_bank(backbone, records[:6], BankBuildConfig(coreset_ratio=0.2, calibration_fraction=0))
+    assert bank.image_features is not None and bank.image_features.shape == (6, 64)
+    engine = HeatmapEngine(backbone, "patchknn", bank)
+    own = engine.patch_scores(records[0]).global_score
+    assert own is not None and own < bank.global_novelty(np.ones(64), k=1) + 1.0  # finite, in [0, 2]
+    assert bank.global_novelty(bank.image_features[0], k=1) == pytest.approx(0.0, abs=1e-6)
+    from orthofm.heads.runtime import default_model_dir
+    from orthofm.models import load_backbone
+
+    real = load_backbone(default_model_dir())  # a random tiny ViT gives every image nearly the same CLS
+    real_bank = build_bank(real, records[:6], BankBuildConfig(coreset_ratio=0.2, calibration_fraction=0))
+    real_engine = HeatmapEngine(real, "patchknn", real_bank)
+    knee, other = real_engine.run(records[7]).scores["global"], real_engine.run(wrist).scores["global"]
+    assert other > knee > 0, (other, knee)  # a wrist is further from normal knees than another knee
+    folder = bank.save(tmp_path / "bank")
+    loaded = NormalBank.load(folder)
+    np.testing.assert_allclose(loaded.image_features, bank.image_features, atol=1e-3)  # float16 on disk
+    card = json.loads((folder / "bank.json").read_text())
+    assert card["n_image_features"] == 6 and len(card["image_features_sha256"]) == 64
+    (folder / "images.npy").write_bytes((folder / "images.npy").read_bytes()[:-8])
+    with pytest.raises(BankError, match="checksum"):
+        NormalBank.load(folder)
+    (folder / "images.npy").unlink()
+    with pytest.raises(BankError, match="images.npy"):
+        NormalBank.load(folder)
+    old_style = NormalBank(bank.features, replace(bank.card, n_image_features=0))  # banks made before
+    assert HeatmapEngine(backbone, "patchknn", old_style).patch_scores(records[0]).global_score is None
+    calibrated = build_bank(backbone, records, BankBuildConfig(coreset_ratio=0.2, calibration_fraction=0.25))
+    entry = calibrated.card.calibration["global"]
+    assert entry["n_images"] == 2 and entry["image_scores"] == sorted(entry["image_scores"])
+    result = HeatmapEngine(backbone, "patchknn", calibrated).run(wrist)
+    assert 0.0 <= result.scores["global_normal_rank"] <= 1.0 and "global" in result.to_json()["scores"]

@@ -23,6 +23,7 @@ import numpy as np
 from scipy import stats
 
 from ..heatmaps import HeatmapConfig, HeatmapEngine, NormalBank, create_engine
+from ..heatmaps.engine import GLOBAL
 from ..heatmaps.inputs import read_quietly
 from ..heatmaps.scores import normal_rank
 from ..utils.atomic import atomic_write_text
@@ -109,6 +110,8 @@ def _image_level(
         ps = engine.patch_scores(read_quietly(path))
         for m in engine.methods:
             scores[m].append(engine.image_score(ps.patch[m], ps.valid))
+        if ps.global_score is not None:
+            scores.setdefault(GLOBAL, []).append(ps.global_score)
         grades.append(grade)
         if (i + 1) % 50 == 0 or i + 1 == len(items):
             rate = (i + 1) / (time.monotonic() - t0)
@@ -120,6 +123,8 @@ def _image_level(
                 (len(items) - i - 1) / rate,
             )
     arr = {m: np.asarray(v) for m, v in scores.items()}
+    if len(arr.get(GLOBAL, ())) != len(grades):
+        arr.pop(GLOBAL, None)
     if len(engine.methods) == 2:
         arr["both_set_rank"] = np.mean([_set_rank(arr[m]) for m in engine.methods], axis=0)
         if all(m in calib for m in engine.methods):

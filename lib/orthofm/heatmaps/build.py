@@ -25,7 +25,7 @@ from ..heads.runtime import precision_dtype
 from ..io import ImageRecord
 from .bank import BankCard, NormalBank
 from .coreset import greedy_coreset
-from .engine import HeatmapConfig, HeatmapEngine
+from .engine import GLOBAL, HeatmapConfig, HeatmapEngine, image_cls_token
 from .fingerprint import backbone_fingerprint, backbone_id
 from .inputs import ModelInputs, read_quietly
 from .scores import calibration_entry
@@ -121,13 +121,15 @@ def build_bank(
                          dtype=precision_dtype(hm_config.precision))
 
     chunks: list[np.ndarray] = []
+    image_cls: list[np.ndarray] = []
     t0 = time.monotonic()
     for i, src in enumerate(bank_src):
         record = _load(src, reader)
         prepared = inputs.prepare(record)
         valid, _ = inputs.valid_patches(prepared)
-        tokens = inputs.tokens(inputs.batch(prepared)).numpy()
-        chunks.append(tokens[valid].astype(np.float16))
+        patches, cls = inputs.features(inputs.batch(prepared))
+        chunks.append(patches.numpy()[valid].astype(np.float16))
+        image_cls.append(image_cls_token(cls.numpy()))
         if (i + 1) % 50 == 0 or i + 1 == len(bank_src):
             rate = (i + 1) / (time.monotonic() - t0)
             log.info(
@@ -164,7 +166,7 @@ def build_bank(
         orthofm_version=__version__,
         notes=f"{len(calib_src)} normal images held out for calibration",
     )
-    bank = NormalBank(feats[keep], card)
+    bank = NormalBank(feats[keep], card, np.stack(image_cls))
     if calib_src:
         card.calibration = calibrate(backbone, bank, [_load(s, reader) for s in calib_src], hm_config)
     return bank
@@ -180,6 +182,7 @@ def calibrate(
         engines["recon"] = HeatmapEngine(backbone, "recon", None, cfg)
     values: dict[str, list[np.ndarray]] = {m: [] for m in engines}
     scores: dict[str, list[float]] = {m: [] for m in engines}
+    global_scores: list[float] = []
     t0 = time.monotonic()
     for i, record in enumerate(records):
         prepared = None
@@ -188,10 +191,15 @@ def calibrate(
             ps = engine.patch_scores(record, prepared)
             values[m].append(engine.canvas_maps(ps)[m][ps.canvas_valid])
             scores[m].append(engine.image_score(ps.patch[m], ps.valid))
+            if ps.global_score is not None:
+                global_scores.append(ps.global_score)
         if (i + 1) % 25 == 0 or i + 1 == len(records):
             rate = (i + 1) / (time.monotonic() - t0)
             log.info("calibration %d/%d images (%.1f img/s)", i + 1, len(records), rate)
-    return {m: calibration_entry(values[m], scores[m]) for m in engines}
+    calibration = {m: calibration_entry(values[m], scores[m]) for m in engines}
+    if global_scores:  # image-level only: no map values to scale
+        calibration[GLOBAL] = {"image_scores": sorted(global_scores), "n_images": len(global_scores)}
+    return calibration
 
 
 def build_bank_from_folder(

@@ -85,6 +85,7 @@ class PatchScores:
     pixel: dict[str, np.ndarray]  # method -> (N, S, S) raw scores at the canvas
     valid: np.ndarray  # (N, h, w) bool: patch overlaps the image (not only padding)
     canvas_valid: np.ndarray  # (N, S, S) bool
+    global_score: float | None = None  # image CLS novelty against the bank's normal images (patch kNN only)
 
 
 @dataclass
@@ -116,6 +117,13 @@ class HeatmapResult:
 
 
 _RAW_UNITS = {"recon": "squared_error", "patchknn": "cosine_distance"}
+GLOBAL = "global"  # image-level score from the CLS token (``NormalBank.global_novelty``), beside the map scores
+
+
+def image_cls_token(cls: np.ndarray) -> np.ndarray:
+    """One CLS vector per image: the token itself for a radiograph, the mean over slices for a volume."""
+    cls = np.asarray(cls, dtype=np.float32).reshape(-1, np.shape(cls)[-1])
+    return cls.mean(axis=0)
 
 
 class HeatmapEngine:
@@ -200,9 +208,11 @@ class HeatmapEngine:
         valid, canvas_valid = self.inputs.valid_patches(prepared)
         patch: dict[str, np.ndarray] = {}
         pixel: dict[str, np.ndarray] = {}
+        global_score = None
         if "patchknn" in self.methods:
-            tokens = self.inputs.tokens(x)
+            tokens, cls = self.inputs.features(x)
             clock.lap("forward")
+            global_score = self.bank.global_novelty(image_cls_token(cls.numpy()))
             n, h, w, d = tokens.shape
             sims = self.bank.max_similarity(tokens.reshape(-1, d).numpy(), dtype=self.inputs.dtype)
             dist = (1.0 - sims).reshape(n, h, w).astype(np.float32)
@@ -221,7 +231,8 @@ class HeatmapEngine:
             pixel["recon"] = rm.pixel.cpu().numpy().astype(np.float32)
             clock.lap("recon")
         return PatchScores(
-            prepared=prepared, patch=patch, pixel=pixel, valid=valid, canvas_valid=canvas_valid
+            prepared=prepared, patch=patch, pixel=pixel, valid=valid, canvas_valid=canvas_valid,
+            global_score=global_score,
         )
 
     def image_score(self, patch: np.ndarray, valid: np.ndarray) -> float:
@@ -314,6 +325,10 @@ class HeatmapEngine:
             if self.method in calib:
                 scores[f"{self.method}_normal_rank"] = normal_rank(score, calib[self.method])
             units = "normal" if calibrated else _RAW_UNITS[self.method]
+        if ps.global_score is not None:
+            scores[GLOBAL] = ps.global_score
+            if GLOBAL in calib:
+                scores[f"{GLOBAL}_normal_rank"] = normal_rank(ps.global_score, calib[GLOBAL])
         if self.config.region_threshold is not None:
             threshold, kind = float(self.config.region_threshold), "user"
         elif calibrated:

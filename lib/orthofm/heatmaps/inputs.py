@@ -77,8 +77,14 @@ class ModelInputs:
     @torch.no_grad()
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) -> (N, h, w, D) float32 patch tokens on CPU, in batches of ``batch_size``."""
-        out = [
-            forward_features(self.backbone, x[i : i + self.batch_size].to(self.device), self.dtype)["patches"].float()
-            for i in range(0, x.shape[0], self.batch_size)
-        ]
-        return torch.cat(out).cpu()
+        return self.features(x)[0]
+
+    @torch.no_grad()
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 3, S, S) -> patch tokens (N, h, w, D) and CLS tokens (N, D), float32 on CPU."""
+        patches, cls = [], []
+        for i in range(0, x.shape[0], self.batch_size):
+            out = forward_features(self.backbone, x[i : i + self.batch_size].to(self.device), self.dtype)
+            patches.append(out["patches"].float().cpu())
+            cls.append(out["cls"].float().cpu())
+        return torch.cat(patches), torch.cat(cls)
