@@ -38,7 +38,7 @@ from OrthoFMLib import (
 )
 from OrthoFMLib.colors import heatmap_table, segment_color
 from OrthoFMLib.multipart import FormField, FormFile, MultipartBody, parse_multipart
-from OrthoFMLib.workflow import encode_labelmap, remap_labelmap, safe_id
+from OrthoFMLib.workflow import describe_result, encode_labelmap, remap_labelmap, safe_id
 
 sitk = pytest.importorskip("SimpleITK")
 nrrd = pytest.importorskip("nrrd")
@@ -180,6 +180,10 @@ def test_heatmap_and_embedding_parsing():
                       task="abnormality")
     assert r.geometry.is_close(geom) and np.array_equal(r.array, heat)
     assert (r.score, r.suggested_threshold, r.value_range) == (0.7, 0.4, (0.0, 1.0))
+    assert r.normal_rank is None and "normal images" not in describe_result(r)
+    ranked = parse_heatmap(write_nrrd(heat, geom), {"score": 0.7, "scores": {"global": 0.2, "global_normal_rank": 0.93}},
+                           task="abnormality")
+    assert ranked.normal_rank == 0.93 and "whole image above 93% of normal images" in describe_result(ranked)
     with pytest.raises(OrthoFMFormatError, match="multi-channel"):
         parse_heatmap(write_nrrd(np.zeros((2, 3, 4, 2), np.float32), geom), task="abnormality")
     e = parse_embedding({"embedding": [[1, 2], [3, 4]], "model": "vits16"})

@@ -64,6 +64,9 @@ class HeatmapResult:
     value_range: tuple[float, float]
     suggested_threshold: float | None
     raw: dict[str, Any] = field(default_factory=dict)
+    # whole-image novelty as the share of the normal bank's held-out images it exceeds (0-1); the server's
+    # ``scores.global_normal_rank``; None when the bank has no image-level reference
+    normal_rank: float | None = None
 
     kind = "heatmap"
 
@@ -216,11 +219,14 @@ def parse_heatmap(data: bytes, payload: dict[str, Any] | None = None, task: str 
     score = result.get("score", result.get("anomaly_score", result.get("abnormality_score")))
     regions = result.get("regions") or []
     threshold = result.get("threshold")
+    scores = result.get("scores") if isinstance(result.get("scores"), dict) else {}
+    rank = scores.get("global_normal_rank")
     return HeatmapResult(task=task, array=array, geometry=image.geometry,
                          score=None if score is None else float(score),
                          regions=[r for r in regions if isinstance(r, dict)] if isinstance(regions, list) else [],
                          value_range=value_range,
-                         suggested_threshold=None if threshold is None else float(threshold), raw=payload)
+                         suggested_threshold=None if threshold is None else float(threshold), raw=payload,
+                         normal_rank=float(rank) if isinstance(rank, (int, float)) else None)
 
 
 def parse_segmentation(data: bytes, payload: dict[str, Any] | None = None, task: str = "",

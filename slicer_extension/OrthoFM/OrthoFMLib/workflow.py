@@ -282,7 +282,8 @@ def describe_result(result: Result) -> str:
         return f"{result.task}: {result.grade} ({result.confidence:.0%}{exp})"
     if result.kind == "heatmap":
         score = "" if result.score is None else f", score {result.score:.3f}"
-        return f"{result.task}: heatmap {tuple(result.array.shape)}{score}"
+        rank = "" if result.normal_rank is None else f", whole image above {result.normal_rank:.0%} of normal images"
+        return f"{result.task}: heatmap {tuple(result.array.shape)}{score}{rank}"
     if result.kind == "segmentation":
         return f"{result.task}: {len(result.segments)} segments on a {tuple(result.array.shape[:3])} grid"
     if result.kind == "embedding":
