@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -106,7 +107,12 @@ def forward_features(backbone: torch.nn.Module, x: torch.Tensor, dtype: torch.dt
 
 class _EngineSlot(dict):
     """Where a backbone keeps its converted model: a copy or a pickle of the backbone starts empty (the
-    compiled model can be neither; fine-tuning deep-copies backbones that may already have served)."""
+    compiled model can be neither; fine-tuning deep-copies backbones that may already have served). The lock
+    makes concurrent first calls (the app's batcher and heatmap threads) convert once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
 
     def __deepcopy__(self, memo: dict) -> _EngineSlot:
         return _EngineSlot()
@@ -123,15 +129,18 @@ def _openvino_for(backbone: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype
     version = sum(p._version for p in backbone.parameters())
     key = (int(x.shape[-1]), dtype, version)
     engines = backbone.__dict__.setdefault("_orthofm_openvino", _EngineSlot())
-    if key not in engines:
-        engines.clear()  # an old size or stale weights: keep one converted model per backbone
-        from orthofm.models.openvino_engine import OpenVINOFeatures
+    if key in engines:
+        return engines[key]
+    with engines.lock:
+        if key not in engines:
+            engines.clear()  # an old size or stale weights: keep one converted model per backbone
+            from orthofm.models.openvino_engine import OpenVINOFeatures
 
-        try:
-            engines[key] = OpenVINOFeatures(
-                backbone, int(x.shape[-1]), precision="bf16" if dtype == torch.bfloat16 else "f32"
-            )
-        except Exception as exc:  # noqa: BLE001 - a model OpenVINO cannot convert still runs in torch
-            log.warning("OpenVINO could not take this backbone (%s); using torch", exc)
-            engines[key] = None
-    return engines[key]
+            try:
+                engines[key] = OpenVINOFeatures(
+                    backbone, int(x.shape[-1]), precision="bf16" if dtype == torch.bfloat16 else "f32"
+                )
+            except Exception as exc:  # noqa: BLE001 - a model OpenVINO cannot convert still runs in torch
+                log.warning("OpenVINO could not take this backbone (%s); using torch", exc)
+                engines[key] = None
+        return engines[key]
