@@ -84,6 +84,15 @@ def _embedding_rows(bb: torch.nn.Module, source: str) -> list[dict]:
                      "reference": fwd, "ratio": rate / fwd,
                      "notes": f"{len(batch_paths)} real 224 px knees, {source}, {store.dtype}; reference = bare "
                               "forward on prepared tensors, batch 32"})
+        serial = EmbeddingStore(Path(tmp) / "serial", bb, batch_size=32, progress=False, prefetch=False)
+        serial_paths = paths[-N_BATCH_IMAGES:]  # other images: a cold cache for the serial loader too
+        t = time.perf_counter()
+        serial.embed_paths(serial_paths)
+        rate_serial = len(serial_paths) / (time.perf_counter() - t)
+        rows.append({"name": "embed images/s (batch 32, cold cache, no prefetch)", "value": rate_serial,
+                     "unit": "img/s", "reference": rate, "ratio": rate_serial / rate,
+                     "notes": "the same with reading and preparing one image after the other instead of in a "
+                              "prefetch thread; reference = the default (prefetching) rate above"})
         t = time.perf_counter()
         store.embed_paths(batch_paths)
         hit = len(batch_paths) / (time.perf_counter() - t)
@@ -98,6 +107,36 @@ def _embedding_rows(bb: torch.nn.Module, source: str) -> list[dict]:
         rows.append({"name": "embed images/s (single image, cold cache)", "value": rate1, "unit": "img/s",
                      "reference": fwd1, "ratio": rate1 / fwd1,
                      "notes": f"{len(single_paths)} images one at a time; reference = bare forward, batch 1"})
+    return rows
+
+
+def _prefetch_rows(bb: torch.nn.Module, n: int = 24) -> list[dict]:
+    """Prefetching against serial loading where decoding costs about a forward: 1760 px CR DICOMs (distinct
+    copies of pydicom-data's RG3_UNCR, one pixel changed each, so the content-keyed cache never hits)."""
+    import pydicom
+    import pydicom.data
+
+    src = pydicom.dcmread(pydicom.data.get_testdata_file("RG3_UNCR.dcm"))
+    rows, rates = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for i in range(2 * n + 8):
+            ds = src.copy()
+            arr = ds.pixel_array.copy()
+            arr[0, i] += 1
+            ds.PixelData = arr.tobytes()
+            paths.append(Path(tmp) / f"cr{i}.dcm")
+            ds.save_as(paths[-1])
+        EmbeddingStore(Path(tmp) / "warm", bb, batch_size=8, progress=False).embed_paths(paths[:8])
+        for name, flag, chunk in (("prefetch", True, paths[8 : 8 + n]), ("serial", False, paths[8 + n :])):
+            store = EmbeddingStore(Path(tmp) / name, bb, batch_size=8, progress=False, prefetch=flag)
+            t = time.perf_counter()
+            store.embed_paths(chunk)
+            rates[name] = len(chunk) / (time.perf_counter() - t)
+    rows.append({"name": "embed images/s, 1760 px CR DICOM (batch 8, cold cache)", "value": rates["prefetch"],
+                 "unit": "img/s", "reference": rates["serial"], "ratio": rates["prefetch"] / rates["serial"],
+                 "notes": f"{n} distinct 1760x1760 CRs; reference = the same with prefetch=False (read and prepare "
+                          "one after the other)"})
     return rows
 
 
@@ -194,7 +233,7 @@ def _baseline_rows() -> list[dict]:
 def run() -> list[dict]:
     configure_threads()
     bb, source = _backbone()
-    return _embedding_rows(bb, source) + _head_rows(2 * int(bb.embed_dim)) + _baseline_rows()
+    return _embedding_rows(bb, source) + _prefetch_rows(bb) + _head_rows(2 * int(bb.embed_dim)) + _baseline_rows()
 
 
 if __name__ == "__main__":

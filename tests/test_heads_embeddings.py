@@ -123,3 +123,44 @@ def test_precisions_are_cached_apart(tmp_path, knees, bb) -> None:
     assert fp32.stats.computed == 2 and fp32.stats.hits == 0
     assert not np.array_equal(a, b)
     np.testing.assert_allclose(a, b, rtol=0.1, atol=0.1)
+
+
+def test_prefetch_keeps_order_bounds_lookahead_and_raises_in_place() -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from orthofm.heads.embeddings import prefetch
+
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def work(i: int) -> int:
+        with lock:
+            started.append(i)
+        if i == 7:
+            raise ValueError("bad image 7")
+        return i * i
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        gen = prefetch(pool, work, list(range(10)), ahead=3)
+        got = [next(gen) for _ in range(4)]
+        assert got == [0, 1, 4, 9]
+        assert max(started) <= 3 + 3  # never more than `ahead` calls beyond what was consumed
+        with pytest.raises(ValueError, match="bad image 7"):
+            list(gen)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        assert list(prefetch(pool, lambda i: -i, [], ahead=4)) == []
+        assert list(prefetch(pool, lambda i: -i, [1, 2], ahead=0)) == [-1, -2]
+
+
+def test_prefetched_batches_keep_order_and_compute_duplicates_once(tmp_path, knees, bb) -> None:
+    twin = tmp_path / "twin.png"
+    shutil.copyfile(knees[0], twin)
+    items = [knees[0], knees[1], twin, knees[2], knees[0], knees[3]]
+    store = EmbeddingStore(tmp_path / "a", bb, dtype=torch.float32, batch_size=2, progress=False)
+    feats = store.embed_paths(items)
+    one = EmbeddingStore(tmp_path / "b", bb, dtype=torch.float32, batch_size=1, progress=False)
+    singles = np.stack([one.embed_paths([p])[0] for p in items])
+    np.testing.assert_allclose(feats, singles, rtol=1e-4, atol=1e-5)
+    assert np.array_equal(feats[0], feats[2]) and np.array_equal(feats[0], feats[4])
+    assert len(list(store.folder.rglob("*.npy"))) == 4  # four distinct images computed and cached
