@@ -257,7 +257,8 @@ def render_markdown(report: dict) -> str:
         (f"- CPU: {m['cpu_model']}, {m['available_cpus']} usable of {m['logical_cpus']} logical CPUs,"
          f" torch threads {m['torch_threads']}"),
         (f"- ISA flags: {' '.join(m['isa_flags']) or 'none detected'}; native bf16: {m['native_bf16']};"
-         f" torch CPU capability: {m['torch_cpu_capability']}; inference dtype: {m['best_inference_dtype']}"),
+         f" torch CPU capability: {m['torch_cpu_capability']}; inference dtype: {m['best_inference_dtype']},"
+         f" engine: {m.get('inference_engine', 'torch')}"),
         f"- load average (1/5/15 min) at start: {m['load_average_1_5_15min']}",
         *_partial_lines(report),
         f"- {m['os']}, Python {m['python']}",

@@ -90,6 +90,7 @@ def test_env_command_reports_this_machine_as_json() -> None:
     facts = json.loads(result.stdout)
     assert facts["native_bf16"] is has_native_bf16()
     assert facts["best_inference_dtype"] == ("bfloat16" if has_native_bf16() else "float32")
+    assert facts["inference_engine"] in ("openvino", "torch")
     assert facts["libraries"]["orthofm"] == orthofm.__version__
     assert facts["torch_threads"] >= 1
 

@@ -22,7 +22,7 @@ INTERESTING_FLAGS = (
 )  # fmt: skip
 LIBRARIES = (
     "orthofm", "torch", "torchvision", "numpy", "monai", "monailabel", "timm", "transformers",
-    "pydicom", "itk", "faiss-cpu", "scikit-learn",
+    "pydicom", "itk", "faiss-cpu", "scikit-learn", "openvino",
 )  # fmt: skip
 
 
@@ -53,6 +53,7 @@ def describe_machine() -> dict[str, object]:
         "isa_flags": [f for f in INTERESTING_FLAGS if f in flags],
         "native_bf16": has_native_bf16(flags),
         "best_inference_dtype": str(best_inference_dtype()).removeprefix("torch."),
+        "inference_engine": _engine(),
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch_threads": torch.get_num_threads(),
         "load_average_1_5_15min": load,
@@ -60,3 +61,13 @@ def describe_machine() -> dict[str, object]:
         "python": sys.version.split()[0],
         "libraries": library_versions(),
     }
+
+
+def _engine() -> str:
+    """The frozen-forward engine the fast path uses here (``orthofm.heads.runtime.inference_engine``)."""
+    from orthofm.heads.runtime import inference_engine
+
+    try:
+        return inference_engine(best_inference_dtype())
+    except (ValueError, RuntimeError) as exc:  # a bad ORTHOFM_ENGINE: say so instead of failing `orthofm env`
+        return f"invalid: {exc}"
