@@ -175,3 +175,19 @@ def test_verdict_changes_the_default_only_on_measured_evidence():
     assert verdict(report((0.60, 0.80), (0.45, 0.60), helps=False))["default_method"] == "recon"
     # a combination whose gain interval is above 0 wins
     assert verdict(report((0.60, 0.80), (0.45, 0.60), helps=True))["default_method"] == "both"
+
+
+def test_verdict_reports_the_global_score_without_making_it_a_map_method():
+    from orthofm.evaluate.heatmap_eval import verdict
+    from orthofm.heatmaps.report import _verdict_line
+
+    methods = {"patchknn": {"auroc_kl0_vs_kl34": 0.53, "auroc_ci95": [0.47, 0.58]},
+               "global": {"auroc_kl0_vs_kl34": 0.67, "auroc_ci95": [0.61, 0.73]}}
+    v = verdict({"image_level": {"methods": methods}, "pixel_level": {"methods": {}}})
+    assert v["default_method"] == "patchknn" and v["global_separates"] is True  # the map default is unchanged
+    assert "`global` score (not a map) separates KL 0 from KL 3-4 (95 % interval 0.61-0.73)" in _verdict_line(v)
+    methods["global"]["auroc_ci95"] = [0.45, 0.60]
+    v = verdict({"image_level": {"methods": methods}, "pixel_level": {"methods": {}}})
+    assert v["global_separates"] is False and "does not separate" in _verdict_line(v)
+    del methods["global"]
+    assert "global_separates" not in verdict({"image_level": {"methods": methods}, "pixel_level": {"methods": {}}})

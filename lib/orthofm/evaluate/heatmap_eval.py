@@ -273,12 +273,14 @@ def verdict(report: dict[str, Any], keep: str = "patchknn") -> dict[str, Any]:
     (the CLI default: needs no MAE decoder) stays. Pixel-level AUPRO is reported alongside, not voted on:
     synthetic lesions say how well a map localises a drawn defect, not whether the model sees disease."""
     methods = report["image_level"]["methods"]
+    image_score = _global_verdict(methods.get(GLOBAL))
     singles = {m: methods[m] for m in ("recon", "patchknn") if m in methods}
     singles = {m: e for m, e in singles.items() if e["auroc_kl0_vs_kl34"] is not None}
     pixel = report.get("pixel_level", {}).get("methods", {})
     best_pixel = max(pixel, key=lambda m: pixel[m]["aupro"]) if pixel else None
     if not singles:
-        return {"default_method": keep, "reason": "no image-level AUROC", "best_pixel_aupro": best_pixel}
+        return {"default_method": keep, "reason": "no image-level AUROC", "best_pixel_aupro": best_pixel,
+                **image_score}
     best = max(singles, key=lambda m: singles[m]["auroc_kl0_vs_kl34"])
     ci = singles[best].get("auroc_ci95") or [float("nan"), float("nan")]
     separates = bool(ci[0] > 0.5)
@@ -289,6 +291,7 @@ def verdict(report: dict[str, Any], keep: str = "patchknn") -> dict[str, Any]:
         "best_single_separates": separates,
         "combination_helps": bool(helps) if gains else None,
         "best_pixel_aupro": best_pixel,
+        **image_score,
     }
     if helps:
         return {
@@ -307,10 +310,18 @@ def verdict(report: dict[str, Any], keep: str = "patchknn") -> dict[str, Any]:
     return {
         **out,
         "default_method": keep if keep in singles else best,
-        "reason": f"no method separates KL 0 from KL 3-4 (best, {best}: 95 % interval {ci[0]:.2f}-{ci[1]:.2f} "
+        "reason": f"no map method separates KL 0 from KL 3-4 (best, {best}: 95 % interval {ci[0]:.2f}-{ci[1]:.2f} "
         f"includes 0.5), so the default stays {keep if keep in singles else best}"
         + (no_combo if gains else ""),
     }
+
+
+def _global_verdict(entry: dict[str, Any] | None) -> dict[str, Any]:
+    """Whether the image-level global score (not a map) separates KL 0 from KL 3-4: its interval above 0.5."""
+    if not entry or entry.get("auroc_kl0_vs_kl34") is None:
+        return {}
+    ci = entry.get("auroc_ci95") or [float("nan"), float("nan")]
+    return {"global_separates": bool(ci[0] > 0.5), "global_auroc_ci95": list(ci)}
 
 
 def evaluate_from_paths(

@@ -192,6 +192,11 @@ def _verdict_line(verdict: dict[str, Any]) -> str:
     line = f"Verdict: default method **{verdict.get('default_method')}** ({verdict.get('reason', '')})."
     if verdict.get("best_pixel_aupro"):
         line += f" Highest pixel-level AUPRO on synthetic lesions: `{verdict['best_pixel_aupro']}`."
+    if "global_separates" in verdict:
+        lo, hi = verdict["global_auroc_ci95"]
+        line += (f" Image level, the `global` score (not a map) {'separates' if verdict['global_separates'] else 'does not separate'}"
+                 f" KL 0 from KL 3-4 (95 % interval {lo:.2f}-{hi:.2f})"
+                 f"{'' if verdict['global_separates'] else ', interval includes 0.5'}.")
     return line
 
 
@@ -211,7 +216,8 @@ def _provenance(report: dict[str, Any]) -> list[str]:
         ),
         (
             f"- Image level: split `{report['config']['split']}`, {level['n_images']} images "
-            f"(per KL grade {level['n_per_grade']}); score = mean of the top 1 % patch scores."
+            f"(per KL grade {level['n_per_grade']}); map methods' score = mean of the top 1 % patch scores;"
+            " `global` = CLS novelty against the bank's normal images (k = 5)."
         ),
         (
             f"- Pixel level: {pixel['n_images']} KL 0 `{report['config']['split']}` radiographs with "
