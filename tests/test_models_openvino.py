@@ -119,3 +119,22 @@ def test_a_backbone_that_served_can_still_be_copied_and_pickled() -> None:
     assert pickle.loads(pickle.dumps(bb)).__dict__["_orthofm_openvino"] == {}
     out = runtime.forward_features(clone, x, torch.bfloat16)
     assert out["cls"].shape == (1, 64)
+
+
+def test_stand_ins_keep_their_own_routing() -> None:
+    """The app's batched view looks like a backbone but is not a module: its forward_features must be called."""
+    bb = tiny()
+    calls = []
+
+    class View:
+        def __getattr__(self, name):
+            return getattr(bb, name)
+
+        def forward_features(self, x):
+            calls.append(x.shape[0])
+            return bb.forward_features(x)
+
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        runtime.forward_features(View(), x, torch.bfloat16)
+    assert calls == [2] and runtime._openvino_for(View(), x, torch.bfloat16) is None

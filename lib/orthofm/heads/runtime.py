@@ -94,8 +94,9 @@ def inference_engine(dtype: torch.dtype | None) -> str:
 def forward_features(backbone: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
     """``backbone.forward_features(x)`` on the fast path for ``dtype``: OpenVINO or torch autocast.
 
-    OpenVINO serves frozen backbones in eval mode on CPU inputs of a square canvas; anything else (training,
-    GPU, odd shapes, a model the converter cannot take) runs in torch. The converted model lives on the
+    OpenVINO serves frozen backbones (``nn.Module``s) in eval mode on CPU inputs of a square canvas; anything else
+    (training, GPU, odd shapes, a model the converter cannot take, a stand-in object such as the app's view that
+    routes ``forward_features`` through its batcher) runs its own ``forward_features`` under autocast. The converted model lives on the
     backbone object and is rebuilt when its weights change in place (torch's version counters).
     """
     ov = _openvino_for(backbone, x, dtype)
@@ -122,6 +123,8 @@ class _EngineSlot(dict):
 
 
 def _openvino_for(backbone: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | None) -> object | None:
+    if not isinstance(backbone, torch.nn.Module):  # a stand-in with its own routing (the app's batched view)
+        return None
     if backbone.training or x.device.type != "cpu" or x.ndim != 4 or x.shape[-1] != x.shape[-2]:
         return None
     if inference_engine(dtype) != "openvino":
