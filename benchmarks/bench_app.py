@@ -31,6 +31,7 @@ import tempfile
 import time
 import types
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -281,14 +282,22 @@ def bench_infer(n: int = 25) -> list[dict]:
                 for i in range(3):  # warm-up: model load, allocator
                     client.post("/infer/embedding", files={"file": ("x.png", _jitter(png, i))})
                 rss_warm = srv.rss_mb()
-                http_ms, stages = [], []
-                for i in range(n):
+                in_process = _inprocess_caller(studies)
+                for i in range(3):
+                    in_process(_jitter(png, 50 + i))  # warm-up of the in-process app
+                slicer = _slicer_client(url)
+                http_ms, stages, inproc_ms, slicer_ms = [], [], [], []
+                for i in range(n):  # alternating, so a change of load on the machine hits every path alike
                     data = _jitter(png, 100 + i)
                     t0 = time.perf_counter()
                     r = client.post("/infer/embedding", files={"file": ("x.png", data)})
                     http_ms.append((time.perf_counter() - t0) * 1000)
                     r.raise_for_status()
                     stages.append(_server_timing(r.headers.get("server-timing", "")))
+                    inproc_ms.append(in_process(_jitter(png, 300 + i)))
+                    t0 = time.perf_counter()
+                    slicer.infer("embedding", file_data=_jitter(png, 600 + i), file_name="x.png")
+                    slicer_ms.append((time.perf_counter() - t0) * 1000)
                 oneshot_ms = []
                 for i in range(n):
                     t0 = time.perf_counter()
@@ -300,7 +309,6 @@ def bench_infer(n: int = 25) -> list[dict]:
             rss_after = srv.rss_mb()
         finally:
             srv.stop()
-        inproc_ms = _inprocess_ms(studies, png, n)
     http_med, in_med = statistics.median(http_ms), statistics.median(inproc_ms)
     stage_med = {k: statistics.median(s[k] for s in stages if k in s) for k in ("parse", "queue", "handler",
                                                                                   "encode", "total")
@@ -314,6 +322,10 @@ def bench_infer(n: int = 25) -> list[dict]:
                      "server overhead factor; reference = MONAI Label 0.8.5's HTTP/task ratio",
                      compare=_vs_monai("HTTP / in-process latency of one inference", "{value:.2f}x",
                                        "1.03x over the task, 224 px PNG by id (includes no upload; row 2)")))
+    slicer_med = statistics.median(slicer_ms)
+    rows.append(_row("infer_http_slicer_client_vs_inprocess", slicer_med / in_med, "x", None,
+                     f"OrthoFM's Slicer client (stdlib http.client, one connection per request; {slicer_med:.1f} ms "
+                     f"p50) over the in-process call: the annotator's click"))
     rows.append({**_row("infer_server_stages_p50", stage_med.get("total", 0.0), "ms", http_med,
                         f"server's Server-Timing medians (ms): {split}; outside the server (client + loopback) "
                         f"{outside:.1f} ms"),
@@ -330,8 +342,19 @@ def bench_infer(n: int = 25) -> list[dict]:
     return rows
 
 
-def _inprocess_ms(studies: Path, png: bytes, n: int) -> list[float]:
-    """The server's own request handler, called directly (same validation, decode, task, result)."""
+def _slicer_client(url: str) -> object:
+    """The Slicer extension's own client (``OrthoFMLib``, no Slicer needed)."""
+    lib = Path(__file__).resolve().parents[1] / "slicer_extension" / "OrthoFM"
+    if str(lib) not in sys.path:
+        sys.path.insert(0, str(lib))
+    from OrthoFMLib.client import OrthoFMClient
+
+    return OrthoFMClient(url)
+
+
+def _inprocess_caller(studies: Path) -> Callable[[bytes], float]:
+    """The server's own request handler in this process (same validation, decode, task, result): a function
+    that handles one upload and returns its milliseconds."""
     if str(APP_DIR) not in sys.path:
         sys.path.insert(0, str(APP_DIR))
     from lib.server.config import ServerSettings
@@ -342,14 +365,14 @@ def _inprocess_ms(studies: Path, png: bytes, n: int) -> list[float]:
     os.environ["MONAI_LABEL_DATASTORE_FILE_EXT"] = '["*.png"]'
     instance = app_instance(app_dir=str(APP_DIR), studies=str(studies), conf={"embed_on_ingest": "false"})
     settings = ServerSettings.from_conf({})
-    out = []
-    for i in range(n + 3):
-        upload = types.SimpleNamespace(file=io.BytesIO(_jitter(png, 100 + i)))
+
+    def one(data: bytes) -> float:
+        upload = types.SimpleNamespace(file=io.BytesIO(data))
         t0 = time.perf_counter()
         run_infer(instance, settings, "embedding", "", {}, upload, "bench")
-        if i >= 3:
-            out.append((time.perf_counter() - t0) * 1000)
-    return out
+        return (time.perf_counter() - t0) * 1000
+
+    return one
 
 
 def bench_next_sample(sizes=SIZES) -> list[dict]:
