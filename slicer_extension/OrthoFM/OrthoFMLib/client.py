@@ -359,6 +359,11 @@ class OrthoFMClient:
         try:
             try:
                 conn.connect()
+                # headers and body go out as separate writes: without TCP_NODELAY, Nagle's algorithm holds the
+                # body back until the server acknowledges the headers (delayed ACK), milliseconds per request
+                raw_sock = getattr(conn.sock, "setsockopt", None)
+                if raw_sock is not None:
+                    raw_sock(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 conn.putrequest(method, target, skip_accept_encoding=True)
                 for key, value in headers.items():
                     conn.putheader(key, value)
