@@ -33,8 +33,9 @@ def default_model_dir() -> Path:
 
 def default_cache_dir() -> Path:
     """Embedding cache root: ``$ORTHOFM_CACHE/embeddings`` or ``~/.cache/orthofm/embeddings``."""
-    base = os.environ.get("ORTHOFM_CACHE")
-    return Path(base) / "embeddings" if base else Path.home() / ".cache" / "orthofm" / "embeddings"
+    from orthofm.utils.runtime import cache_root
+
+    return cache_root() / "embeddings"
 
 
 def inference_dtype() -> torch.dtype:

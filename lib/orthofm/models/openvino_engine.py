@@ -41,8 +41,9 @@ def openvino_available() -> bool:
 
 
 def default_openvino_cache() -> Path:
-    base = os.environ.get("ORTHOFM_CACHE")
-    return Path(base) / "openvino" if base else Path.home() / ".cache" / "orthofm" / "openvino"
+    from orthofm.utils.runtime import cache_root
+
+    return cache_root() / "openvino"
 
 
 def weights_digest(backbone: torch.nn.Module) -> str:

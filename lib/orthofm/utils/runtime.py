@@ -23,6 +23,7 @@ __all__ = [
     "BF16_CPU_FLAGS",
     "available_cpus",
     "best_inference_dtype",
+    "cache_root",
     "configure_threads",
     "cpu_flags",
     "cpu_model",
@@ -160,3 +161,9 @@ def inference_autocast(device: str | torch.device = "cpu", dtype: torch.dtype | 
     device_type = torch.device(device).type
     with torch.autocast(device_type=device_type, dtype=dtype):
         yield
+
+
+def cache_root() -> Path:
+    """Root of OrthoFM's on-disk caches (embeddings, converted models): ``$ORTHOFM_CACHE`` or ``~/.cache/orthofm``."""
+    base = os.environ.get("ORTHOFM_CACHE")
+    return Path(base) if base else Path.home() / ".cache" / "orthofm"
