@@ -2,7 +2,7 @@
 
 ``ratio`` = end-to-end ``HeatmapEngine.run`` time (preparation, scores, smoothing, inverse mapping to the
 original grid, regions) / one ``forward_features`` call on the same prepared canvas, in the engine's own
-precision (bf16 autocast where the CPU has it, as in the product); for the MRI volume the reference is the
+precision and engine (``orthofm.heads.runtime.forward_features``, as in the product); for the MRI volume the reference is the
 forward passes of all its slices. Forward and heatmap runs are timed in alternation,
 so foreign load on the shared CPU hits both. Patch kNN is designed to stay under 1.5 forward passes: it
 reuses the forward's patch tokens and searches a coreset bank with an exact faiss inner-product index.
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from orthofm.heads.runtime import autocast
+from orthofm.heads.runtime import forward_features
 from orthofm.heatmaps import BankBuildConfig, HeatmapEngine, NormalBank, build_bank, default_bank_path
 from orthofm.heatmaps.inputs import read_quietly
 from orthofm.utils.runtime import configure_threads
@@ -116,9 +116,9 @@ def run(
         n_repeats = mri_repeats if x.shape[0] > 1 else repeats
 
         def forward(x: torch.Tensor = x, batch: int = batch, dtype: torch.dtype = first.inputs.dtype) -> None:
-            with torch.inference_mode(), autocast(dtype):  # the engine's own precision
+            with torch.inference_mode():  # the engine's own precision and engine (OpenVINO where installed)
                 for i in range(0, x.shape[0], batch):
-                    bb.forward_features(x[i : i + batch])
+                    forward_features(bb, x[i : i + batch], dtype)
 
         if not rows or x.shape[0] == 1:  # warm-up: allocator, faiss index, lazy imports (a volume
             for engine in engines.values():  # after a radiograph skips it: one round is ~100 forwards)

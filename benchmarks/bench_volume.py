@@ -47,6 +47,7 @@ def run() -> list[dict]:
     import torch
 
     from orthofm.heads import GradePredictor, load_head
+    from orthofm.heads.runtime import forward_features
     from orthofm.heatmaps import HeatmapEngine, NormalBank, default_bank_path
     from orthofm.models import load_backbone
 
@@ -62,9 +63,9 @@ def run() -> list[dict]:
         predictor = GradePredictor(bb, load_head(MODEL / "heads" / "knee_kl"), cache=cache, progress=False)
         for i in range(REPEATS + 1):  # the first round warms up (allocator, faiss index)
             t0 = time.perf_counter()
-            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.inference_mode():  # the heatmap engine's own precision and engine
                 for s in range(0, x.shape[0], batch):
-                    bb.forward_features(x[s : s + batch])
+                    forward_features(bb, x[s : s + batch], engine.inputs.dtype)
             t1 = time.perf_counter()
             predictor.predict_arrays([record.array])  # arrays are not cached: a full grade each time
             t2 = time.perf_counter()

@@ -234,8 +234,8 @@ class EmbeddingStore:
         for i in todo:
             first.setdefault(keys[i], i)
         unique = list(first.values())
-        # reading and preparing the next images overlaps the current batch's forward pass (decoders, numpy
-        # and the forward all release the GIL): measured 17 % of the time for 224 px PNGs, half for a 3 MP CR
+        # reading and preparing the next images can overlap the current batch's forward pass (decoders, numpy
+        # and the forward release the GIL); on 2 cores the gain measured within noise (docs/heads.md)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="orthofm-prefetch") as pool:
             sources = [items[i] for i in unique]
             loaded = prefetch(pool, self._load, sources, self.batch_size) if self.prefetch else map(self._load, sources)

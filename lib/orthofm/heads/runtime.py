@@ -95,10 +95,11 @@ def inference_engine(dtype: torch.dtype | None) -> str:
 def forward_features(backbone: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
     """``backbone.forward_features(x)`` on the fast path for ``dtype``: OpenVINO or torch autocast.
 
-    OpenVINO serves frozen backbones (``nn.Module``s) in eval mode on CPU inputs of a square canvas; anything else
-    (training, GPU, odd shapes, a model the converter cannot take, a stand-in object such as the app's view that
-    routes ``forward_features`` through its batcher) runs its own ``forward_features`` under autocast. The converted model lives on the
-    backbone object and is rebuilt when its weights change in place (torch's version counters).
+    OpenVINO serves frozen backbones (``nn.Module``s) in eval mode on CPU inputs of a square canvas. Anything
+    else (training, GPU, odd shapes, a model the converter cannot take, a stand-in such as the app's view that
+    routes ``forward_features`` through its batcher) runs its own ``forward_features`` under autocast. The
+    converted model lives on the backbone object and is rebuilt when its weights change in place (torch's
+    version counters).
     """
     ov = _openvino_for(backbone, x, dtype)
     if ov is not None:

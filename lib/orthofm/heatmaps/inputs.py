@@ -75,11 +75,6 @@ class ModelInputs:
         return torch.stack([p.tensor for p in prepared])
 
     @torch.no_grad()
-    def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) -> (N, h, w, D) float32 patch tokens on CPU, in batches of ``batch_size``."""
-        return self.features(x)[0]
-
-    @torch.no_grad()
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, 3, S, S) -> patch tokens (N, h, w, D) and CLS tokens (N, D), float32 on CPU."""
         patches, cls = [], []

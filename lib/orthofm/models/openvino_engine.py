@@ -1,9 +1,9 @@
 """The frozen backbone's forward pass through OpenVINO: the fast inference path on CPUs with bf16.
 
-Measured side by side on the 2-core AVX512-BF16 host (default ViT-S/16, 224 px, 2 threads): torch eager
-with bf16 autocast 55.8 ms for one image and 336 ms for 8, OpenVINO with a bf16 precision hint 42.9 and
-288 ms (dynamic batch), torch.compile 7 % faster than eager (``benchmarks/bench_engines.py`` keeps the
-comparison). Features stay as close to float32 as autocast's (0.29 % relative on the patch tokens).
+Measured side by side on the 2-core AVX512-BF16 host (default ViT-S/16, 224 px, 2 threads, quiet machine,
+``benchmarks/bench_engines.py``): torch eager with bf16 autocast 46.2 ms for one image and 288.5 ms for 8,
+OpenVINO with a bf16 precision hint 40.1 and 226.6 ms (dynamic batch), torch.compile 39.2 and 262.2 ms.
+Features stay as close to float32 as autocast's (0.29 % relative on the patch tokens).
 
 The model is converted once per backbone weights, input size and OpenVINO version, and kept on disk
 (``$ORTHOFM_CACHE/openvino`` or ``~/.cache/orthofm/openvino``) so a server or CLI start reads it in ~25 ms
