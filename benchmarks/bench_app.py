@@ -324,7 +324,7 @@ def bench_infer(n: int = 25) -> list[dict]:
                                        "1.03x over the task, 224 px PNG by id (includes no upload; row 2)")))
     slicer_med = statistics.median(slicer_ms)
     rows.append(_row("infer_http_slicer_client_vs_inprocess", slicer_med / in_med, "x", None,
-                     f"OrthoFM's Slicer client (stdlib http.client, one connection per request; {slicer_med:.1f} ms "
+                     f"OrthoFM's Slicer client (stdlib http.client, kept-alive connection; {slicer_med:.1f} ms "
                      f"p50) over the in-process call: the annotator's click"))
     rows.append({**_row("infer_server_stages_p50", stage_med.get("total", 0.0), "ms", http_med,
                         f"server's Server-Timing medians (ms): {split}; outside the server (client + loopback) "

@@ -200,3 +200,60 @@ def test_reformat_axis_keeps_physical_aspect(shared_data: Path) -> None:
     assert prepared.slices[0].geometry.resized_shape == (50, 224)
     back = prepared.to_volume([np.ones((14, 14))], fill=0.0)
     assert back.shape == (24, 512, 512) and back[:, 256].min() == 1.0 and back[:, 255].max() == 0.0
+
+
+def test_percentiles_by_counting_match_numpy_exactly() -> None:
+    """robust_range counts instead of sorting; it must give numpy's numbers bit for bit, ties and tails included."""
+    from orthofm.io.prepare import percentiles_by_counting
+
+    rng = np.random.default_rng(7)
+    quantised = np.round(rng.random(20_000) * 1023).astype(np.float32) / 1023
+    quantised[:9_000] = 1.0  # a saturated film: almost half its pixels in the top bin
+    cases = {
+        "grey levels": (rng.integers(0, 4096, 30_000) - 1000).astype(np.float32),
+        "uniform": rng.random(30_000).astype(np.float32),
+        "heavy tail": np.exp(rng.normal(0, 5, 30_000)).astype(np.float32),
+        "quantised, saturated": quantised,
+        "one value": np.full(17, 3.5, dtype=np.float32),
+        "two values": np.array([0, 1], dtype=np.float32),
+        "one sample": np.array([2.0], dtype=np.float32),
+    }
+    for name, flat in cases.items():
+        for pct in ((0.5, 99.5), (0.0, 100.0), (1.0, 99.0), (50.0, 50.0), (12.345, 87.6)):
+            got = percentiles_by_counting(flat, pct)
+            np.testing.assert_array_equal(got, np.percentile(flat, pct), err_msg=f"{name} {pct}")
+            assert got.dtype == np.float64
+
+
+def test_robust_range_of_a_film_is_numpys_and_ignores_nans() -> None:
+    film = _read(get_testdata_file("RG3_UNCR.dcm"))  # 1760 px: the strided subsample path
+    assert robust_range(film) == tuple(float(v) for v in np.percentile(film.ravel()[::4], (0.5, 99.5)))
+    holes = film.copy()
+    holes[:100] = np.nan
+    assert robust_range(holes) == tuple(float(v) for v in np.nanpercentile(holes.ravel()[::4], (0.5, 99.5)))
+
+
+def test_letterbox_clips_before_resizing_like_scaling_first(wrist: np.ndarray) -> None:
+    """prepare clips to the range at full resolution and scales the small result: the same canvas as scaling
+    the film to [0, 1] first (to float32 rounding), burnt-in saturation included."""
+    from orthofm.io.prepare import letterbox, resize_2d
+
+    marked = wrist.copy()
+    marked[:40, :200] = marked.max() * 3  # a burnt-in label far above the range
+    lo, hi = robust_range(marked)
+    geometry = LetterboxGeometry.fit(marked.shape, 224)
+    canvas, mask = letterbox(marked[None], geometry, 0.0, (lo, hi))
+    top, left = geometry.pad
+    rh, rw = geometry.resized_shape
+    reference = np.clip(resize_2d(robust_scale(marked, value_range=(lo, hi)), (rh, rw)), 0, 1)
+    np.testing.assert_allclose(canvas[0, top : top + rh, left : left + rw], reference, atol=2e-6)
+    assert mask.sum() == rh * rw and canvas[0][~mask].max() == 0.0
+    flat, _ = letterbox(np.full((1, 50, 80), 7.0), LetterboxGeometry.fit((50, 80), 32), 0.0, (7.0, 7.0))
+    assert not flat.any()  # a constant image scales to 0, like robust_scale
+
+
+def test_pillow_keeps_blocks_for_large_films(wrist: np.ndarray) -> None:
+    from PIL import Image
+
+    prepare_2d(wrist)
+    assert Image.core.get_blocks_max() >= 2

@@ -22,7 +22,7 @@ INTERESTING_FLAGS = (
 )  # fmt: skip
 LIBRARIES = (
     "orthofm", "torch", "torchvision", "numpy", "monai", "monailabel", "timm", "transformers",
-    "pydicom", "itk", "faiss-cpu", "scikit-learn", "openvino",
+    "pydicom", "itk", "faiss-cpu", "scikit-learn", "openvino", "uvicorn", "httptools", "uvloop",
 )  # fmt: skip
 
 
