@@ -145,3 +145,26 @@ def test_logging_respects_a_handler_someone_else_installed() -> None:
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert result.stdout.splitlines() == ["OTHER ours at debug", "1"]
+
+
+def test_blas_runs_on_one_thread_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenBLAS's spinning workers slow the next forward pass on a small CPU: one thread by default."""
+    import numpy as np  # noqa: F401 - loads numpy's OpenBLAS
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from orthofm.utils.runtime import limit_blas_threads
+
+    def blas_threads() -> set[int]:
+        return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", os.environ.get("OPENBLAS_NUM_THREADS", ""))  # restored after
+    with threadpool_limits(limits=None):  # puts the process's BLAS threads back afterwards
+        monkeypatch.delenv("ORTHOFM_BLAS_THREADS", raising=False)
+        limit_blas_threads()
+        assert blas_threads() == {1} and os.environ["OPENBLAS_NUM_THREADS"] == "1"
+        monkeypatch.setenv("ORTHOFM_BLAS_THREADS", "2")
+        limit_blas_threads()
+        assert blas_threads() == {2}
+        monkeypatch.setenv("ORTHOFM_BLAS_THREADS", "many")
+        with pytest.raises(ValueError, match="ORTHOFM_BLAS_THREADS='many'"):
+            limit_blas_threads()

@@ -19,6 +19,7 @@ import torch
 
 from lib.batching import FeatureBatcher
 from lib.server.config import ServerSettings, parse_bool
+from orthofm.utils.runtime import limit_blas_threads
 
 log = logging.getLogger("orthofm.runtime")
 
@@ -129,6 +130,7 @@ class ModelRuntime:
         self.datastore: Any = None
         self._objects: dict[Any, Any] = {}
         torch.set_num_threads(server.threads)
+        limit_blas_threads()  # numpy's OpenBLAS threads spin after each call and slow the next forward
 
     # -- identity ------------------------------------------------------------------------------
     @property

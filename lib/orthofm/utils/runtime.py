@@ -123,7 +123,32 @@ def configure_threads(num_threads: int | None = None) -> int:
     if num_threads < 1:
         raise ValueError(f"number of threads must be >= 1, got {num_threads}")
     torch.set_num_threads(num_threads)
+    limit_blas_threads()
     return num_threads
+
+
+def limit_blas_threads(num_threads: int | None = None) -> None:
+    """Run numpy's and scipy's BLAS (OpenBLAS) on one thread, unless ``ORTHOFM_BLAS_THREADS`` says otherwise.
+
+    Why: torch and OpenVINO do the heavy products; numpy's are small (a CLS matched against a bank, a probe's
+    logits). OpenBLAS keeps its worker threads spinning for a while after each call, and on 2 cores a spinning
+    thread takes half the machine from the next forward pass: one 1,061 x 384 product made a 3 MP heatmap
+    8 ms slower (69 -> 61 ms with one BLAS thread; docs/benchmarks.md).
+    """
+    if num_threads is None:
+        raw = os.environ.get("ORTHOFM_BLAS_THREADS", "").strip()
+        try:
+            num_threads = int(raw) if raw else 1
+        except ValueError:
+            raise ValueError(f"ORTHOFM_BLAS_THREADS={raw!r} is not a whole number of threads") from None
+    if num_threads < 1:
+        raise ValueError(f"number of BLAS threads must be >= 1, got {num_threads}")
+    os.environ["OPENBLAS_NUM_THREADS"] = str(num_threads)  # for copies of OpenBLAS loaded later (scipy's)
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - scikit-learn brings it; without it BLAS keeps its default
+        return
+    threadpool_limits(limits=num_threads, user_api="blas")  # the copies already loaded (numpy's)
 
 
 def best_inference_dtype() -> torch.dtype:

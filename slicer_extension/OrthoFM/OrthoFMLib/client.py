@@ -20,7 +20,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,7 @@ class InferResponse:
     file_data: bytes | None = None
     file_name: str | None = None
     file_content_type: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # lower-case names: x-request-id, server-timing
 
     @property
     def has_file(self) -> bool:
@@ -161,10 +162,10 @@ class OrthoFMClient:
             if not isinstance(payload, dict):
                 raise OrthoFMFormatError(f"Task '{task}' replied with JSON that is not an object: "
                                          f"{str(payload)[:200]}")
-            return InferResponse(task=task, json=payload)
+            return InferResponse(task=task, json=payload, headers=resp.headers)
         if ctype.startswith("multipart/"):
             payload: dict[str, Any] = {}
-            result = InferResponse(task=task, json=payload)
+            result = InferResponse(task=task, json=payload, headers=resp.headers)
             for part in parse_multipart(resp.body, resp.content_type):
                 if part.name == "params" and part.filename is None:
                     try:
@@ -181,7 +182,7 @@ class OrthoFMClient:
         disposition = resp.headers.get("content-disposition", "")
         name = header_param(disposition, "filename", "content-disposition") if disposition else None
         return InferResponse(task=task, json={}, file_data=resp.body, file_name=name or f"{task}.nrrd",
-                             file_content_type=resp.content_type)
+                             file_content_type=resp.content_type, headers=resp.headers)
 
     # ================================================================================== datastore
     def datastore(self, output: str = "stats", *, cancel: threading.Event | None = None) -> Any:
