@@ -14,6 +14,7 @@ the image (padding excluded) -> map at the model canvas, smoothed with a Gaussia
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +51,15 @@ class _Clock:
         if self.sink is not None:
             self.sink[stage] = self.sink.get(stage, 0.0) + now - self.last
         self.last = now
+
+
+@functools.lru_cache(maxsize=8)
+def _smoothed_mask(mask_bytes: bytes, shape: tuple[int, int], sigma: float) -> np.ndarray:
+    """The smoothed image mask (the normaliser of masked smoothing): one per letterbox geometry, so cached."""
+    wgt = np.frombuffer(mask_bytes, dtype=bool).reshape(shape).astype(np.float32)
+    den = ndimage.gaussian_filter(wgt, sigma, mode="nearest")
+    den.flags.writeable = False  # shared between calls
+    return den
 
 
 def _smooth_slices(volume: np.ndarray, sigma_z: float) -> np.ndarray:
@@ -248,7 +258,7 @@ class HeatmapEngine:
         for i in range(maps.shape[0]):
             wgt = valid[i].astype(np.float32)
             num = ndimage.gaussian_filter(maps[i] * wgt, s, mode="nearest")
-            den = ndimage.gaussian_filter(wgt, s, mode="nearest")
+            den = _smoothed_mask(valid[i].tobytes(), valid[i].shape, float(s))
             out[i] = np.where(den > 1e-6, num / np.maximum(den, 1e-6), 0.0)
         return out
 

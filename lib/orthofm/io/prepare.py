@@ -36,7 +36,7 @@ def robust_range(array: np.ndarray, percentiles: tuple[float, float] = DEFAULT_P
     flat = np.asarray(array).ravel()
     if flat.size > _PERCENTILE_SAMPLES:
         flat = flat[:: int(np.ceil(flat.size / _PERCENTILE_SAMPLES))]
-    flat = flat.astype(np.float32, copy=False)
+    flat = np.ascontiguousarray(flat, dtype=np.float32)  # one strided read; every later pass reads 1/stride
     finite = np.isfinite(flat)
     if not finite.all():
         flat = flat[finite]
