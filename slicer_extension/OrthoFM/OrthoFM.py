@@ -97,6 +97,8 @@ class OrthoFMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._job.cancel()
         if self._timer is not None:
             self._timer.stop()
+        if self.session is not None:
+            self.session.client.close()  # its kept-alive connections
         self.removeObservers()
 
     # ------------------------------------------------------------------------------------------ parameters
@@ -170,6 +172,8 @@ class OrthoFMWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------------------------------ actions
     def onConnect(self):
         params = self._gui_to_parameters()
+        if self.session is not None:
+            self.session.client.close()  # reconnecting (maybe elsewhere): drop the old kept-alive connections
         try:
             self.session = AnnotationSession.from_parameters(params)
         except OrthoFMError as exc:

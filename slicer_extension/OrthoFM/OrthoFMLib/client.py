@@ -84,8 +84,7 @@ class InferResponse:
 class OrthoFMClient:
     """One server connection setting, with a few kept-alive HTTP connections reused across calls.
 
-    Reuse saves a TCP handshake and a server-side connection set-up on every click (about 3 ms of a 70 ms
-    inference, docs/benchmarks.md). A kept connection the server has since closed (its keep-alive timeout,
+    Reuse saves a TCP handshake and a server-side connection set-up on every click. A kept connection the server has since closed (its keep-alive timeout,
     a restart) is detected before use, and a request that fails on a reused connection before any reply
     byte arrived is sent once more on a fresh one. Thread-safe: each call holds its own connection.
 
@@ -378,18 +377,16 @@ class OrthoFMClient:
         try:
             try:
                 try:
-                    raw = self._send(conn, method, target, headers, body, chunks, total, timeout, cancel, what,
-                                     progress)
+                    raw = self._send(conn, method, target, headers, chunks, total, timeout, cancel, what, progress)
                 except _STALE_CONNECTION:
                     if not reused:
                         raise
-                    # the kept connection died between our check and the send (server keep-alive timeout or
-                    # restart): nothing reached the handler, so sending once more on a fresh connection is safe
+                    # the server closed the kept connection (keep-alive timeout, restart) between our check and
+                    # its answer: send once more on a fresh one (once only; OrthoFM's calls are idempotent)
                     conn.close()
                     conn, reused = self._connection(), False
                     chunks = _body_chunks(body, self.chunk_size)
-                    raw = self._send(conn, method, target, headers, body, chunks, total, timeout, cancel, what,
-                                     progress)
+                    raw = self._send(conn, method, target, headers, chunks, total, timeout, cancel, what, progress)
                 resp_headers = {k.lower(): v for k, v in raw.getheaders()}
                 length = resp_headers.get("content-length")
                 expected = int(length) if length and length.isdigit() else None
@@ -444,9 +441,8 @@ class OrthoFMClient:
         return resp
 
     def _send(self, conn: http.client.HTTPConnection, method: str, target: str, headers: dict[str, str],
-              body: MultipartBody | bytes | None, chunks: Iterable[bytes], total: int | None, timeout: float,
-              cancel: threading.Event | None, what: str,
-              progress: ProgressCallback | None) -> http.client.HTTPResponse:
+              chunks: Iterable[bytes], total: int | None, timeout: float, cancel: threading.Event | None,
+              what: str, progress: ProgressCallback | None) -> http.client.HTTPResponse:
         """Send one request on ``conn`` (connecting it if new) and wait for the reply's status line."""
         if conn.sock is None:
             conn.connect()
