@@ -252,8 +252,18 @@ def test_letterbox_clips_before_resizing_like_scaling_first(wrist: np.ndarray) -
     assert not flat.any()  # a constant image scales to 0, like robust_scale
 
 
-def test_pillow_keeps_blocks_for_large_films(wrist: np.ndarray) -> None:
+def test_resize_is_pillows_antialiased_bilinear(wrist: np.ndarray) -> None:
+    """resize_2d runs in torch (no copy into a Pillow image) with Pillow's filter and half-pixel convention."""
     from PIL import Image
 
-    prepare_2d(wrist)
-    assert Image.core.get_blocks_max() >= 2
+    from orthofm.io.prepare import resize_2d
+
+    film = _read(get_testdata_file("RG3_UNCR.dcm"))
+    for image, shape in ((wrist, (224, 152)), (film, (224, 224)), (film, (300, 97)), (wrist[:50, :60], (120, 90))):
+        pillow = np.asarray(Image.fromarray(np.ascontiguousarray(image, dtype=np.float32)).resize(
+            (shape[1], shape[0]), Image.BILINEAR), dtype=np.float32)
+        ours = resize_2d(image, shape)
+        assert ours.shape == shape and ours.dtype == np.float32
+        np.testing.assert_allclose(ours, pillow, rtol=0, atol=2e-5 * float(np.abs(image).max()))
+    labels = np.kron(np.arange(6, dtype=np.float32).reshape(2, 3), np.ones((10, 10), np.float32))
+    assert set(np.unique(resize_2d(labels, (7, 11), order=0))) <= set(range(6))  # nearest keeps label values
