@@ -9,6 +9,8 @@ Rows (``value`` in images/s, higher is better):
 - ``io_header_reject_bomb``: time to reject a PNG whose header claims 400 MP (header check only).
 - ``io_write_mri_<map>_nrrd``: ``write_like`` of a float heatmap / uint8 mask on the MRI grid (NRRD,
   default encoding; ``reference`` = gzip level 1).
+- ``io_resize_cr_1760_to_224``: ``resize_2d`` of the CR to the canvas (ms); ``reference`` = Pillow's resize
+  (the implementation before).
 - ``io_to_original_cr_1760_<map>``: ``PreparedImage.to_original`` of a model-resolution map back onto the
   1760x1760 CR (ms); ``reference`` = the same sampling done point by point with scipy's
   ``map_coordinates`` (the implementation before the separable one).
@@ -134,7 +136,7 @@ def run() -> list[dict]:
             "ratio": None, "notes": "PNG header claims 20000x20000 (400 MP > 100 MP limit): rejected from the IHDR, "
                                     "no decoding", "higher_is_better": False,
         })  # fmt: skip
-    return rows + inverse_rows() + write_rows()
+    return rows + inverse_rows() + resize_rows() + write_rows()
 
 
 def inverse_rows() -> list[dict]:
@@ -173,6 +175,40 @@ def inverse_rows() -> list[dict]:
                      f"scipy map_coordinates (former implementation); ratio = speed-up; median",
         })  # fmt: skip
     return rows
+
+
+def resize_rows() -> list[dict]:
+    """``resize_2d`` (torch, antialiased bilinear) vs Pillow's BILINEAR resize of the same float image, in ms."""
+    from PIL import Image
+    from pydicom.data import get_testdata_file
+
+    from orthofm.io.prepare import LetterboxGeometry, resize_2d
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        film = np.ascontiguousarray(read_image(get_testdata_file("RG3_UNCR.dcm")).array, dtype=np.float32)
+    shape = LetterboxGeometry.fit(film.shape, 224).resized_shape
+
+    def ours() -> None:
+        resize_2d(film, shape)
+
+    def pillow() -> None:
+        np.asarray(Image.fromarray(film).resize((shape[1], shape[0]), Image.BILINEAR), dtype=np.float32)
+
+    ours()
+    pillow()
+    t_new, t_old = [], []
+    for _ in range(REPEATS * 2):  # interleaved
+        t_new.append(_timed(ours))
+        t_old.append(_timed(pillow))
+    new, old = statistics.median(t_new), statistics.median(t_old)
+    return [{
+        "name": "io_resize_cr_1760_to_224", "value": round(new * 1000, 2), "unit": "ms",
+        "reference": round(old * 1000, 2), "ratio": round(old / new, 2), "higher_is_better": False,
+        "notes": "resize_2d (torch antialiased bilinear, read in place) of the 1760x1760 CR to 224 px; reference = "
+                 "Pillow's BILINEAR on the same float image (copied into a Pillow image first; the former "
+                 "implementation); ratio = speed-up; median, interleaved",
+    }]  # fmt: skip
 
 
 def write_rows() -> list[dict]:
