@@ -315,7 +315,7 @@ class _HttpClients:
         self.proc.wait(timeout=60)
 
 
-def bench_infer(n: int = 25) -> list[dict]:
+def bench_infer(n: int = 60) -> list[dict]:
     """HTTP against in-process, with the server's own ``Server-Timing`` split so a miss says where time goes.
 
     Two clients, each kept open as any real one would be: an ``httpx.Client`` (what a script uses) and the

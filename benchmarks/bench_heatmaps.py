@@ -36,7 +36,7 @@ from orthofm.utils.runtime import configure_threads
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "monailabel_app" / "model" / "orthofm_vits16"
 SHARED = REPO.parent / "shared" / "data"
-REPEATS = 9
+REPEATS = 15
 MRI_REPEATS = 3  # one MRI round (forward + 3 methods) is ~100 forward passes of a radiograph
 STAGES = ("prepare", "forward", "search", "recon", "smooth", "to_grid", "regions")
 BANK_IMAGES = 21  # 21 x 196 = 4,116 patches, about the shipped knee bank (4,096)
