@@ -133,7 +133,7 @@ def limit_blas_threads(num_threads: int | None = None) -> None:
     Why: torch and OpenVINO do the heavy products; numpy's are small (a CLS matched against a bank, a probe's
     logits). OpenBLAS keeps its worker threads spinning for a while after each call, and on 2 cores a spinning
     thread takes half the machine from the next forward pass: one 1,061 x 384 product made a 3 MP heatmap
-    8 ms slower (69 -> 61 ms with one BLAS thread; docs/benchmarks.md).
+    8 ms slower (docs/heatmaps.md, "Latency"). The setting is inherited by child processes.
     """
     if num_threads is None:
         raw = os.environ.get("ORTHOFM_BLAS_THREADS", "").strip()
