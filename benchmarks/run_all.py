@@ -10,7 +10,8 @@ description, because a timing on a shared 2-core box means little without the CP
 Regression check: every row is compared with the same row in the last *committed* ``docs/benchmarks.json``
 (``git show HEAD:docs/benchmarks.json``; the file on disk when git has none). A row more than 20% worse is
 flagged in the output and the report, but never fails the run: machines and their load differ. A bench
-module that crashes is recorded and makes the run exit 1, since that is a bug, not noise.
+module that crashes is recorded and makes the run exit 1, since that is a bug, not noise. A partial run
+(``--only``) keeps the other benches' rows from the report on disk, so an uncommitted partial run is not lost.
 
 Usage: ``python benchmarks/run_all.py [--only matmul,heads] [--out-dir docs]`` (``make bench``).
 """
@@ -293,6 +294,14 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _read_report(json_path: Path) -> dict | None:
+    try:
+        return json.loads(json_path.read_text()) if json_path.exists() else None
+    except (OSError, json.JSONDecodeError):
+        log.warning("ignoring unreadable report %s", json_path)
+        return None
+
+
 def merge_partial(report: dict, previous: dict, only: Sequence[str]) -> None:
     """Keep the other benches' rows from ``previous`` and say so, so the header never passes off a partial
     re-run (its time, load and commit) as the origin of every row."""
@@ -332,8 +341,9 @@ def run_all(bench_dir: Path = BENCH_DIR, out_dir: Path = REPO_ROOT / "docs",
         log.warning("REGRESSION %s/%s: %s -> %s %s (relative performance %.2f)", g["bench"], g["name"],
                     g["previous"], g["current"], g["unit"], g["relative_performance"])
     report = build_report(outcomes, machine, regressions)
-    if only and previous:  # a partial run keeps the other benches' last results
-        merge_partial(report, previous, only)
+    on_disk = _read_report(json_path)
+    if only and (on_disk or previous):  # a partial run keeps the other benches' latest rows (on disk, else
+        merge_partial(report, on_disk or previous, only)  # committed): an uncommitted partial run is not lost
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
     atomic_write_text(md_path, render_markdown(report))

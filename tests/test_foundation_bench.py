@@ -126,6 +126,27 @@ def test_partial_run_keeps_other_benches_results(tmp_path: Path) -> None:
     assert again["base_run"] == report["base_run"] and set(again["partial_reruns"]) == {"alpha", "beta"}
 
 
+def test_partial_run_keeps_uncommitted_rows_of_other_benches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows come from the report on disk (the latest run, maybe not committed yet); regressions are still judged
+    against the committed one."""
+    benches, out = tmp_path / "benches", tmp_path / "docs"
+    benches.mkdir()
+    out.mkdir()
+    for name, value in (("gamma", 2.0), ("delta", 2.0)):
+        (benches / f"bench_{name}.py").write_text(
+            f"def run():\n    return [{{'name': 'n', 'value': {value}, 'unit': 'ms', 'reference': None, "
+            f"'ratio': None, 'notes': ''}}]\n")
+    run_all.run_all(bench_dir=benches, out_dir=out)  # on disk: gamma 2.0, delta 2.0 (names unique to this test: modules are cached)
+    committed = json.loads((out / "benchmarks.json").read_text())
+    for row in committed["results"]:
+        row["value"] = 1.0  # the committed report is older: 1.0 ms each
+    monkeypatch.setattr(run_all, "load_previous", lambda path: committed)
+    report = run_all.run_all(bench_dir=benches, out_dir=out, only=["delta"])
+    gamma = next(r for r in report["results"] if r["bench"] == "gamma")
+    assert gamma["value"] == 2.0  # the uncommitted run's row, not the committed one's
+    assert [g["bench"] for g in report["regressions"]] == ["delta"]  # 1.0 -> 2.0 ms against the committed report
+
+
 def test_matmul_bench_measures_real_throughput(monkeypatch: pytest.MonkeyPatch) -> None:
     """bench_matmul.run() with its size sweep cut to one small real measurement per dtype (fast)."""
     measured = bench_matmul.measure(sizes=(256,), repeats=3)
