@@ -51,8 +51,8 @@ def percentiles_by_counting(flat: np.ndarray, percentiles: Sequence[float]) -> n
     virtual = (n - 1) * np.true_divide(np.asarray(percentiles, dtype=np.float64), 100)
     below = np.clip(np.floor(virtual), 0, n - 1)
     above = np.minimum(below + 1, n - 1)
-    ranks = np.concatenate([below, above]).astype(np.int64)
-    values = dict(zip(np.unique(ranks).tolist(), _order_statistics(flat, np.unique(ranks)).tolist()))
+    ranks = np.unique(np.concatenate([below, above]).astype(np.int64))
+    values = dict(zip(ranks.tolist(), _order_statistics(flat, ranks).tolist()))
     a = np.array([values[int(k)] for k in below], dtype=flat.dtype)
     b = np.array([values[int(k)] for k in above], dtype=flat.dtype)
     gamma = virtual - below
