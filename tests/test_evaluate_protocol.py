@@ -146,12 +146,37 @@ def test_new_backbone_retrains_heads_but_reuses_cached_baselines(shared_data, tm
 
     # a report in a new folder with other baseline settings: missing from the cache -> pending, not trained
     other = _small_config(shared_data, tmp_path, out=str(tmp_path / "other"), baselines_cached_only=True,
-                          baseline=BaselineConfig(image_size=SIZE, max_epochs=2, patience=1, batch_size=16))
+                          baseline=BaselineConfig(image_size=SIZE, max_epochs=1, patience=1, batch_size=8))
     third = run_protocol(other, backbone=_tiny_backbone(1))
     assert [r["method"] for r in third["runs"]] == ["probe"]
     assert [(p["method"], p["fraction"]) for p in third["pending"]] == [("resnet18", 1.0)]
     md = (tmp_path / "other" / "summary.md").read_text()
     assert "Pending baseline runs" in md and "still training" in md
+    # the same settings with a larger budget: the cached run (stopped by max_epochs=1) does not answer -> pending
+    larger = _small_config(shared_data, tmp_path, out=str(tmp_path / "larger"), baselines_cached_only=True,
+                           baseline=BaselineConfig(image_size=SIZE, max_epochs=2, patience=1, batch_size=16))
+    fourth = run_protocol(larger, backbone=_tiny_backbone(1))
+    assert [(p["method"], p["fraction"]) for p in fourth["pending"]] == [("resnet18", 1.0)]
+
+
+def test_a_larger_budget_continues_the_cached_baseline_from_its_checkpoint(shared_data, tmp_path) -> None:
+    """A run stopped by its budget keeps its training state; a report asking for more continues it (2 = 1 + 1)."""
+    cfg = _small_config(shared_data, tmp_path)
+    first = run_protocol(cfg, backbone=_tiny_backbone(0))
+    (base_a,) = [r for r in first["runs"] if r["method"] == "resnet18"]
+    assert base_a["training"]["stop_reason"] == "max_epochs (1)" and not base_a["training"]["converged"]
+    resume = BaselineCache(tmp_path / "baselines").resume_path("resnet18", base_a["key"])
+    assert resume.is_file()
+    more = replace(cfg, baseline=replace(cfg.baseline, max_epochs=2))
+    second = run_protocol(more, backbone=_tiny_backbone(0))  # same report folder: the 1-epoch run no longer answers
+    (base_b,) = [r for r in second["runs"] if r["method"] == "resnet18"]
+    assert base_b["key"] == base_a["key"] and base_b["training"]["epochs_run"] == 2
+    assert base_b["trained_with"]["max_epochs"] == 2
+    straight = run_protocol(replace(more, out=str(tmp_path / "straight"), baseline_cache=str(tmp_path / "b2")),
+                            backbone=_tiny_backbone(0))
+    (base_s,) = [r for r in straight["runs"] if r["method"] == "resnet18"]
+    assert base_s["metrics"]["accuracy"] == base_b["metrics"]["accuracy"]
+    assert base_s["metrics"]["nll"] == pytest.approx(base_b["metrics"]["nll"], abs=1e-6)
 
 
 def test_baseline_key_ignores_the_backbone_but_not_the_settings() -> None:

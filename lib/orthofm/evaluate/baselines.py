@@ -38,12 +38,15 @@ from orthofm.heads.calibration import fit_temperature, softmax
 from orthofm.heads.embeddings import read_pixels
 from orthofm.heads.features import pool_tokens
 from orthofm.heads.mlp import ordinal_emd_loss
-from orthofm.utils.atomic import atomic_write_text
+from orthofm.utils.atomic import atomic_path, atomic_write_text
 from orthofm.utils.jsonable import json_default
 
 from .splits import group_holdout
 
-__all__ = ["BASELINES", "BaselineCache", "BaselineConfig", "BaselineResult", "load_image_tensors", "train_baseline"]
+__all__ = [
+    "BASELINES", "BUDGET_FIELDS", "BaselineCache", "BaselineConfig", "BaselineResult", "answers_for", "entry_answers_for",
+    "load_image_tensors", "train_baseline",
+]
 
 log = logging.getLogger(__name__)
 
@@ -167,15 +170,48 @@ def _predict(model: nn.Module, images: torch.Tensor, idx: np.ndarray, bs: int, b
     return torch.cat(outs).double().numpy() if outs else np.zeros((0, 0))
 
 
+BUDGET_FIELDS = ("max_epochs", "max_minutes", "max_cpu_minutes")
+RESUME_FORMAT = "orthofm-baseline-resume/1"
+
+
+def _save_resume(path: Path, state: dict[str, Any]) -> None:
+    """The whole training state after an epoch, written atomically (a kill mid-write keeps the previous one)."""
+    with atomic_path(path) as tmp:
+        torch.save({"format": RESUME_FORMAT, **state}, tmp)
+
+
+def _load_resume(path: Path | None, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
+    """The saved state of this very run (same data, settings, seed), or None: a foreign or unreadable file
+    is ignored (and later overwritten) rather than silently mixed into another run."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint means "start over", with a warning
+        log.warning("ignoring unreadable baseline checkpoint %s: %s", path, exc)
+        return None
+    if state.get("format") != RESUME_FORMAT or state.get("fingerprint") != fingerprint:
+        log.warning("ignoring baseline checkpoint %s: it belongs to another run", path)
+        return None
+    return state
+
+
 def train_baseline(
     name: str, images: torch.Tensor, y: np.ndarray, groups: list[str], test_images: torch.Tensor,
     n_classes: int, *, arch: str = "vit_small_patch16_dinov3_qkvb", ordinal: bool = False,
-    config: BaselineConfig | None = None, seed: int = 0,
+    config: BaselineConfig | None = None, seed: int = 0, checkpoint: str | Path | None = None,
 ) -> BaselineResult:
-    """Train baseline ``name`` on (images, y) with early stopping on a grouped held-out part; predict the test set."""
+    """Train baseline ``name`` on (images, y) with early stopping on a grouped held-out part; predict the test set.
+
+    ``checkpoint``: a file that receives the full training state after every epoch and, when it exists, is
+    resumed from (model, optimiser, schedulers, best weights, RNG streams and the compute spent so far), so a
+    killed run, or one stopped by a budget and restarted with a larger budget, continues where it stopped with
+    the same trajectory as an uninterrupted run. Budgets count the compute of all sessions together.
+    """
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; choose from {sorted(BASELINES)}")
     cfg = config or BaselineConfig()
+    ckpt = Path(checkpoint) if checkpoint is not None else None
     y = np.asarray(y, dtype=np.int64)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -192,10 +228,48 @@ def train_baseline(
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.3, patience=max(1, cfg.patience // 3))
     yt = torch.as_tensor(y)
     best_nll, best_epoch, best_state = math.inf, 0, {k: v.clone() for k, v in model.state_dict().items()}
+    settings = {k: v for k, v in asdict(cfg).items() if k not in BUDGET_FIELDS}
+    fingerprint = {"name": name, "arch": arch, "ordinal": bool(ordinal), "seed": int(seed), "settings": settings,
+                   "n": len(y), "y": hashlib.sha256(y.tobytes()).hexdigest(), "n_classes": int(n_classes)}
+    spent_cpu = spent_wall = 0.0
+    start_epoch = 1
+    state = _load_resume(ckpt, fingerprint)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        plateau.load_state_dict(state["plateau"])
+        best_nll, best_epoch, best_state = state["best_nll"], state["best_epoch"], state["best_state"]
+        rng.bit_generator.state = state["numpy_rng"]
+        gen.set_state(state["torch_gen"])
+        torch.set_rng_state(state["torch_rng"])
+        spent_cpu, spent_wall = state["cpu_seconds"], state["wall_seconds"]
+        start_epoch = int(state["epoch"]) + 1
+        log.info("%s: resuming after epoch %d from %s (%.1f CPU-min spent before)", name, state["epoch"], ckpt,
+                 spent_cpu / 60)
     t0, cpu0 = time.perf_counter(), time.process_time()
-    stop_reason = f"max_epochs ({cfg.max_epochs})"
-    epoch = 0
-    bar = tqdm(range(1, cfg.max_epochs + 1), desc=f"{name} ({len(fit_idx)} imgs)", unit="epoch", leave=False)
+
+    def cpu_so_far() -> float:
+        return spent_cpu + time.process_time() - cpu0
+
+    def wall_so_far() -> float:
+        return spent_wall + time.perf_counter() - t0
+
+    def stop_reason_after(epoch: int) -> str | None:
+        if epoch - best_epoch >= cfg.patience:
+            return f"early stopping (no held-out NLL gain for {cfg.patience} epochs)"
+        if cfg.max_minutes is not None and wall_so_far() > 60 * cfg.max_minutes:
+            return f"time budget ({cfg.max_minutes:g} wall-min)"
+        if cfg.max_cpu_minutes is not None and cpu_so_far() > 60 * cfg.max_cpu_minutes:
+            return f"CPU budget ({cfg.max_cpu_minutes:g} CPU-min)"
+        return None
+
+    epoch = start_epoch - 1
+    # a resumed run that had already stopped (killed before its result was stored) trains no further epoch
+    stop_reason = stop_reason_after(epoch) if state is not None else None
+    last_epoch = epoch if stop_reason is not None else cfg.max_epochs
+    bar = tqdm(range(start_epoch, last_epoch + 1), desc=f"{name} ({len(fit_idx)} imgs)", unit="epoch",
+               leave=False, initial=start_epoch - 1, total=cfg.max_epochs)
     model.train()
     for epoch in bar:
         order = fit_idx[rng.permutation(len(fit_idx))]
@@ -215,21 +289,24 @@ def train_baseline(
         bar.set_postfix(held_out_nll=f"{nll:.3f}", best=best_epoch)
         log.info("%s epoch %d: held-out NLL %.4f (best %.4f at %d), %.1f CPU-min, %.1f wall-min so far", name, epoch,
                  nll, min(nll, best_nll), best_epoch if nll >= best_nll - 1e-4 else epoch,
-                 (time.process_time() - cpu0) / 60, (time.perf_counter() - t0) / 60)
+                 cpu_so_far() / 60, wall_so_far() / 60)
         if nll < best_nll - 1e-4:
             best_nll, best_epoch = nll, epoch
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
-        elif epoch - best_epoch >= cfg.patience:
-            stop_reason = f"early stopping (no held-out NLL gain for {cfg.patience} epochs)"
-            break
-        if cfg.max_minutes is not None and time.perf_counter() - t0 > 60 * cfg.max_minutes:
-            stop_reason = f"time budget ({cfg.max_minutes:g} wall-min)"
-            break
-        if cfg.max_cpu_minutes is not None and time.process_time() - cpu0 > 60 * cfg.max_cpu_minutes:
-            stop_reason = f"CPU budget ({cfg.max_cpu_minutes:g} CPU-min)"
+        if ckpt is not None:
+            _save_resume(ckpt, {
+                "fingerprint": fingerprint, "epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(),
+                "sched": sched.state_dict(), "plateau": plateau.state_dict(), "best_nll": best_nll,
+                "best_epoch": best_epoch, "best_state": best_state, "numpy_rng": rng.bit_generator.state,
+                "torch_gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "cpu_seconds": cpu_so_far(),
+                "wall_seconds": wall_so_far()})
+        stop_reason = stop_reason_after(epoch)
+        if stop_reason is not None:
             break
     bar.close()
-    cpu_minutes, wall_minutes = (time.process_time() - cpu0) / 60, (time.perf_counter() - t0) / 60
+    stop_reason = stop_reason or f"max_epochs ({cfg.max_epochs})"
+    converged = stop_reason.startswith("early stopping")
+    cpu_minutes, wall_minutes = cpu_so_far() / 60, wall_so_far() / 60
     model.load_state_dict(best_state)
     calibration = fit_temperature(_predict(model, images, hold_idx, 2 * cfg.batch_size, cfg.bf16), y[hold_idx])
     test_logits = _predict(model, test_images, np.arange(len(test_images)), 2 * cfg.batch_size, cfg.bf16)
@@ -237,7 +314,7 @@ def train_baseline(
              cpu_minutes, wall_minutes)
     return BaselineResult(
         probs=softmax(test_logits, calibration.temperature), epochs_run=epoch, best_epoch=best_epoch,
-        converged=stop_reason.startswith("early stopping"), cpu_minutes=cpu_minutes, wall_minutes=wall_minutes,
+        converged=converged, cpu_minutes=cpu_minutes, wall_minutes=wall_minutes,
         threads=torch.get_num_threads(), temperature=calibration.temperature, held_out=len(hold_idx),
         best_held_out_nll=best_nll, stop_reason=stop_reason,
     )
@@ -252,12 +329,34 @@ def baseline_key(method: str, fraction: float, seed: int, *, data: dict[str, Any
 
     ``data`` fingerprints the training and test sets (image bytes, labels, patients, classes). The backbone
     under test is deliberately absent: only ``vit_random`` depends on its architecture name (not its weights),
-    so a new backbone of the same architecture reuses every cached baseline.
+    so a new backbone of the same architecture reuses every cached baseline. Budgets (``BUDGET_FIELDS``) are
+    absent too: they only say when to give up, so a converged run stands for any budget, and a run a budget
+    stopped is continued (from its checkpoint) when a larger budget asks for it (see ``answers_for``).
     """
+    settings = {k: v for k, v in asdict(config).items() if k not in BUDGET_FIELDS}
     fields = {"format": CACHE_FORMAT, "method": method, "fraction": round(float(fraction), 6), "seed": int(seed),
-              "data": data, "config": asdict(config), "ordinal": bool(ordinal),
+              "data": data, "config": settings, "ordinal": bool(ordinal),
               "arch": arch if method == "vit_random" else None}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def answers_for(converged: bool, trained_with: dict[str, Any], config: BaselineConfig) -> bool:
+    """Does a stored run stand for a run under ``config``? Yes if it converged, or if every budget it was
+    trained under was at least ``config``'s (None = no limit): more training than asked for is still an answer;
+    less is not, and the run is continued instead."""
+    if converged:
+        return True
+    for name in BUDGET_FIELDS:
+        asked, had = getattr(config, name), trained_with.get(name)
+        if had is not None and (asked is None or asked > had):
+            return False
+    return True
+
+
+def entry_answers_for(entry: dict[str, Any], config: BaselineConfig) -> bool:
+    """``answers_for`` on a ``BaselineCache`` entry."""
+    training = entry.get("run", {}).get("training", {})
+    return answers_for(bool(training.get("converged")), entry.get("fields", {}).get("config", {}), config)
 
 
 def pid_alive(pid: int) -> bool:
@@ -275,6 +374,8 @@ class BaselineCache:
 
     A run being trained holds ``<key>.lock`` (pid + host). Another report that needs the same run waits for
     it instead of training a duplicate for hours on a shared CPU; a lock left by a dead process is taken over.
+    While training, ``<key>.resume.pt`` holds its state after each epoch, so a killed run resumes; it is kept
+    after a budget stop (a larger budget continues the run) and removed once the run has converged.
     """
 
     def __init__(self, root: str | Path, poll_seconds: float = 30.0) -> None:
@@ -283,6 +384,10 @@ class BaselineCache:
 
     def path(self, method: str, key: str) -> Path:
         return self.root / method / f"{key}.json"
+
+    def resume_path(self, method: str, key: str) -> Path:
+        """Where the run's training state lives between epochs (and after a budget stop, to be continued)."""
+        return self.root / method / f"{key}.resume.pt"
 
     def get(self, method: str, key: str) -> dict[str, Any] | None:
         """The cached entry (``run``, ``probs``, ``y_test``) or None; an unreadable entry counts as missing."""
@@ -329,14 +434,15 @@ class BaselineCache:
         return pid_alive(int(info.get("pid", -1)))
 
     @contextlib.contextmanager
-    def claim(self, method: str, key: str) -> Iterator[dict[str, Any] | None]:
-        """Yield the cached entry if present (after waiting for a live trainer of the same run), else None
-        while holding the run's lock: the caller trains and ``put``s, then the lock is released."""
+    def claim(self, method: str, key: str,
+              accept: Callable[[dict[str, Any]], bool] = lambda entry: True) -> Iterator[dict[str, Any] | None]:
+        """Yield the cached entry if present and ``accept``ed (after waiting for a live trainer of the same run),
+        else None while holding the run's lock: the caller trains and ``put``s, then the lock is released."""
         lock = self.path(method, key).with_suffix(".lock")
         waited, last_log = 0.0, -math.inf
         while True:
             entry = self.get(method, key)
-            if entry is not None:
+            if entry is not None and accept(entry):
                 yield entry
                 return
             if self._try_lock(lock):

@@ -43,9 +43,12 @@ from orthofm.utils.atomic import atomic_write_text
 from orthofm.utils.jsonable import json_default
 
 from .baselines import (
+    BUDGET_FIELDS,
     BaselineCache,
     BaselineConfig,
+    answers_for,
     baseline_key,
+    entry_answers_for,
     load_image_tensors,
     pid_alive,
     train_baseline,
@@ -179,7 +182,8 @@ class _Results:
             old = json.loads(path.read_text())
             self.previous_command = old.get("config", {}).get("command", "")
             runs = old.get("runs", [])
-            kept = [r for r in runs if r.get("key") in planned]
+            old_budgets = old.get("config", {}).get("baseline", {})
+            kept = [r for r in runs if r.get("key") in planned and _still_answers(r, old_budgets, config.baseline)]
             self.data["runs"] = kept
             keys = {r["key"] for r in kept}
             self.data["predictions"] = {k: v for k, v in old.get("predictions", {}).items() if v.get("key") in keys}
@@ -197,6 +201,14 @@ class _Results:
 
     def save(self) -> None:
         atomic_write_text(self.path, json.dumps(self.data, indent=1, default=json_default))
+
+
+def _still_answers(run: dict[str, Any], old_budgets: dict[str, Any], config: BaselineConfig) -> bool:
+    """A stored baseline run stands unless a budget stopped it and the configuration now allows more."""
+    training = run.get("training")
+    if not training:
+        return True  # a head run (heads have no budgets in the key's sense)
+    return answers_for(bool(training.get("converged")), run.get("trained_with") or old_budgets, config)
 
 
 def _metrics(y: np.ndarray, probs: np.ndarray, ordinal: bool, head: TrainedHead | None = None) -> dict[str, Any]:
@@ -311,7 +323,7 @@ def _run_protocol(config: ProtocolConfig, backbone: Backbone | None) -> dict[str
                 continue
             key = keys[(method, fraction, seed)]
             entry = cache.get(method, key)
-            if entry is None:
+            if entry is None or not entry_answers_for(entry, config.baseline):
                 results.data["pending"].append({"method": method, "fraction": fraction, "seed": seed, "key": key,
                                                 "cache": str(cache.path(method, key))})
             else:
@@ -370,6 +382,11 @@ def _run_protocol(config: ProtocolConfig, backbone: Backbone | None) -> dict[str
         else:
             assert cache is not None
             entry = cache.get(method, key)
+            if entry is not None and not entry_answers_for(entry, config.baseline):
+                log.info("[%d/%d] %s f=%g seed=%d: the cached run was stopped by a smaller budget: %s", n_done,
+                         len(todo), method, fraction, seed,
+                         "listed as pending" if config.baselines_cached_only else "continuing it")
+                entry = None
             if entry is None and config.baselines_cached_only:
                 results.data["pending"].append({"method": method, "fraction": fraction, "seed": seed, "key": key,
                                                 "cache": str(cache.path(method, key))})
@@ -377,20 +394,25 @@ def _run_protocol(config: ProtocolConfig, backbone: Backbone | None) -> dict[str
                          method, fraction, seed)
                 continue
             if entry is None:
-                with cache.claim(method, key) as entry:
+                with cache.claim(method, key, accept=lambda e: entry_answers_for(e, config.baseline)) as entry:
                     if entry is None:
                         if images is None:
                             size, bcfg = config.baseline.image_size, config.baseline
                             images = (load_image_tensors(train.paths, size, bcfg.mean, bcfg.std),
                                       load_image_tensors(test.paths, size, bcfg.mean, bcfg.std))
+                        resume = cache.resume_path(method, key)
                         res = train_baseline(method, images[0][torch.as_tensor(idx)], y[idx], sub_groups, images[1],
-                                             k, arch=backbone.arch, ordinal=ordinal, config=config.baseline, seed=seed)
+                                             k, arch=backbone.arch, ordinal=ordinal, config=config.baseline, seed=seed,
+                                             checkpoint=resume)
                         probs = res.probs
                         run.update(training=res.summary(), wall_seconds=time.perf_counter() - t0,
+                                   trained_with={b: getattr(config.baseline, b) for b in BUDGET_FIELDS},
                                    cpu_seconds=time.process_time() - cpu0)
                         path = cache.put(method, key, run, probs, y_test, fields={
                             "data": data_fp, "config": asdict(config.baseline), "fraction": fraction, "seed": seed})
                         log.info("baseline run cached in %s", path)
+                        if res.converged:  # final: its training state is no longer needed
+                            resume.unlink(missing_ok=True)
             if entry is not None:
                 probs = np.asarray(entry["probs"], dtype=np.float64)
                 run = _from_cache(entry, cache.path(method, key), y_test)
