@@ -37,6 +37,9 @@ class DINOConfig:
     # prototypes (the head's last layer) fixed for the first epochs, as in DINO/iBOT/DINOv2: trained from step 0
     # they turn away from the direction all images share, and the student turns uniform (measured collapse)
     freeze_last_layer_epochs: float = 1.0
+    # teacher targets: "ema" (DINO/iBOT centring) or "sinkhorn" (Sinkhorn-Knopp, DINOv2; balanced prototype
+    # usage within each batch, which does not need the large batches an EMA centre does)
+    centering: str = "ema"
 
 
 @dataclass

@@ -11,10 +11,18 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .centering import sinkhorn_knopp
+
+CENTERINGS = ("ema", "sinkhorn")
+
 
 class DINOLoss(nn.Module):
-    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
+                 centering: str = "ema") -> None:
         super().__init__()
+        if centering not in CENTERINGS:
+            raise ValueError(f"centering must be one of {CENTERINGS}, got {centering!r}")
+        self.centering = centering
         self.student_temp = student_temp
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
@@ -23,9 +31,7 @@ class DINOLoss(nn.Module):
         self, student_out: list[torch.Tensor], teacher_out: list[torch.Tensor], teacher_temp: float
     ) -> torch.Tensor:
         """``student_out``: logits per crop (all crops); ``teacher_out``: logits per global crop."""
-        if not bool(self.center.any()):  # first step: centre on this batch, not on 0 (see update_center)
-            self.update_center(torch.cat(teacher_out), momentum=0.0)
-        teacher_probs = [F.softmax((t.float() - self.center) / teacher_temp, dim=-1).detach() for t in teacher_out]
+        teacher_probs = self.teacher_targets(teacher_out, teacher_temp)
         total, pairs = 0.0, 0
         for ti, tp in enumerate(teacher_probs):
             for si, s in enumerate(student_out):
@@ -33,8 +39,19 @@ class DINOLoss(nn.Module):
                     continue
                 total = total + torch.sum(-tp * F.log_softmax(s.float() / self.student_temp, dim=-1), dim=-1).mean()
                 pairs += 1
-        self.update_center(torch.cat(teacher_out))
+        if self.centering == "ema":
+            self.update_center(torch.cat(teacher_out))
         return total / max(pairs, 1)
+
+    @torch.no_grad()
+    def teacher_targets(self, teacher_out: list[torch.Tensor], teacher_temp: float) -> list[torch.Tensor]:
+        """Per global crop, the teacher's target distribution: EMA-centred softmax, or Sinkhorn-Knopp over
+        all global crops of the batch together (every prototype gets an equal share)."""
+        if self.centering == "sinkhorn":
+            return list(sinkhorn_knopp(torch.cat(teacher_out), teacher_temp).split([len(t) for t in teacher_out]))
+        if not bool(self.center.any()):  # first step: centre on this batch, not on 0 (see update_center)
+            self.update_center(torch.cat(teacher_out), momentum=0.0)
+        return [F.softmax((t.float() - self.center) / teacher_temp, dim=-1) for t in teacher_out]
 
     @torch.no_grad()
     def update_center(self, teacher_logits: torch.Tensor, momentum: float | None = None) -> None:

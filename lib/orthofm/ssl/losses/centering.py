@@ -1,0 +1,45 @@
+"""Sinkhorn-Knopp teacher targets: the alternative to EMA centring for small batches (as in SwAV and DINOv2).
+
+EMA centring subtracts a running mean of the teacher's logits, which needs large batches to estimate; at the
+batch sizes a CPU affords (32 here) the estimate is noisy and the teacher drifts towards uniform targets, the
+collapse measured in docs/pretraining.md. Sinkhorn-Knopp instead rescales the teacher's (B, K) assignment
+matrix until every prototype receives the same share of the batch and every sample a full distribution, so
+the targets stay sharp and spread over the prototypes by construction. Under DDP the sums are all-reduced,
+so every rank computes the targets of the global batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["sinkhorn_knopp"]
+
+
+def _all_reduce(t: torch.Tensor, op=None) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return t
+
+
+@torch.no_grad()
+def sinkhorn_knopp(logits: torch.Tensor, temperature: float, iterations: int = 3) -> torch.Tensor:
+    """(B, K) teacher logits -> (B, K) targets: rows sum to 1, each prototype's column to about B / K.
+
+    The logits of OrthoFM's DINO head are cosines (weight-normed prototypes, L2-normalised bottleneck), so
+    ``exp(logit / T)`` cannot overflow; the global maximum is still subtracted, which changes nothing after the
+    normalisations. An empty batch (no masked patch on any rank) gives an empty result.
+    """
+    x = logits.float()
+    local_max = x.max() if x.numel() else torch.tensor(-torch.inf, device=x.device)
+    top = _all_reduce(local_max.clone(), dist.ReduceOp.MAX if dist.is_available() else None)
+    q = torch.exp((x - top) / temperature).t()  # (K, B)
+    k = q.shape[0]
+    n = _all_reduce(torch.tensor([float(q.shape[1])], device=q.device))
+    if n.item() == 0:
+        return q.t()
+    q /= _all_reduce(q.sum()).clamp_min(torch.finfo(q.dtype).tiny)
+    for _ in range(iterations):
+        q /= _all_reduce(q.sum(dim=1, keepdim=True)).clamp_min(torch.finfo(q.dtype).tiny) * k  # equal prototype mass
+        q /= q.sum(dim=0, keepdim=True).clamp_min(torch.finfo(q.dtype).tiny) * n  # each sample: a distribution
+    return (q * n).t()
