@@ -149,7 +149,10 @@ def _baseline_lines(data: dict[str, Any]) -> list[str]:
                 (f"Baselines: {b.get('image_size', '?')} px images, batch {b.get('batch_size', '?')}, patience "
                  f"{b.get('patience', '?')} epochs, budgets per run: {budget or 'none'}. *Converged* means stopped by "
                  "early stopping; a run stopped by a budget is marked as such and is a lower bound on what the "
-                 "method reaches. CPU-min = process CPU time summed over threads."),
+                 "method reaches. A converged run stands whatever budget it trained under, so a run continued "
+                 "with a larger budget (docs/heads.md, *Budgets and resuming a baseline*) may show more compute "
+                 "than these budgets; its CPU-min and wall-min add up all its sessions. CPU-min = process CPU time "
+                 "summed over threads."),
                 *([] if config.get("preset") != "cpu" else [
                     "", "Why 224 px and a 40 CPU-minute budget per baseline: docs/heads.md, *The cpu preset*."]),
                 "",
