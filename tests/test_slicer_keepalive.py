@@ -29,6 +29,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
     def _reply(self, payload: dict) -> None:
+        # recorded before replying: the client may read the list as soon as it has the reply
+        self.server.requests.append((self.client_address[1], self.path))  # type: ignore[attr-defined]
         body = json.dumps(payload).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -36,7 +38,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
         self.wfile.flush()
-        self.server.requests.append((self.client_address[1], self.path))  # type: ignore[attr-defined]
         if self.server.hang_up_after_reply:  # type: ignore[attr-defined]
             self.close_connection = True  # closes without announcing it, like a keep-alive timeout
 
