@@ -222,6 +222,25 @@ def test_baseline_cache_claim_waits_for_a_live_trainer_and_takes_over_a_stale_lo
     timer.join()
 
 
+def test_a_lock_that_went_quiet_is_taken_over_even_from_another_machine(tmp_path) -> None:
+    """A session that ends leaves its lock; a new machine may reuse the pid or have another host name."""
+    from orthofm.evaluate import baselines
+
+    cache = BaselineCache(tmp_path, poll_seconds=0.05)
+    lock = cache.path("vit_random", "k").with_suffix(".lock")
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": "another-machine"}))
+    assert cache._holder_alive(lock)  # fresh: trusted
+    old = lock.stat().st_mtime - baselines.LOCK_STALE_SECONDS - 60
+    os.utime(lock, (old, old))
+    assert not cache._holder_alive(lock)
+    cache.heartbeat("vit_random", "k")  # what the trainer does after every epoch
+    assert cache._holder_alive(lock)
+    os.utime(lock, (old, old))
+    with cache.claim("vit_random", "k") as entry:
+        assert entry is None and json.loads(lock.read_text())["pid"] == os.getpid()
+
+
 def test_cpu_preset_plan_and_cli_flags(monkeypatch, tmp_path) -> None:
     """``--preset cpu`` plans every frozen-feature head at 6 fractions x 3 seeds and the budgeted rest, and the
     baseline-cache flags reach the configuration (checked without running anything)."""

@@ -200,6 +200,7 @@ def train_baseline(
     name: str, images: torch.Tensor, y: np.ndarray, groups: list[str], test_images: torch.Tensor,
     n_classes: int, *, arch: str = "vit_small_patch16_dinov3_qkvb", ordinal: bool = False,
     config: BaselineConfig | None = None, seed: int = 0, checkpoint: str | Path | None = None,
+    on_epoch: Callable[[int], None] | None = None,
 ) -> BaselineResult:
     """Train baseline ``name`` on (images, y) with early stopping on a grouped held-out part; predict the test set.
 
@@ -207,6 +208,7 @@ def train_baseline(
     resumed from (model, optimiser, schedulers, best weights, RNG streams and the compute spent so far), so a
     killed run, or one stopped by a budget and restarted with a larger budget, continues where it stopped with
     the same trajectory as an uninterrupted run. Budgets count the compute of all sessions together.
+    ``on_epoch(epoch)`` is called after each epoch (the cache's lock heartbeat).
     """
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; choose from {sorted(BASELINES)}")
@@ -300,6 +302,8 @@ def train_baseline(
                 "best_epoch": best_epoch, "best_state": best_state, "numpy_rng": rng.bit_generator.state,
                 "torch_gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "cpu_seconds": cpu_so_far(),
                 "wall_seconds": wall_so_far()})
+        if on_epoch is not None:
+            on_epoch(epoch)
         stop_reason = stop_reason_after(epoch)
         if stop_reason is not None:
             break
@@ -369,11 +373,15 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+LOCK_STALE_SECONDS = 6 * 3600  # far longer than one epoch of any baseline here (minutes)
+
+
 class BaselineCache:
     """Finished baseline runs on disk, one JSON per run: ``<root>/<method>/<key>.json`` (atomic writes).
 
-    A run being trained holds ``<key>.lock`` (pid + host). Another report that needs the same run waits for
-    it instead of training a duplicate for hours on a shared CPU; a lock left by a dead process is taken over.
+    A run being trained holds ``<key>.lock`` (pid + host), touched after every epoch. Another report that needs
+    the same run waits for it instead of training a duplicate for hours on a shared CPU; a lock left by a dead
+    process, or silent for ``LOCK_STALE_SECONDS`` (a machine that went away), is taken over.
     While training, ``<key>.resume.pt`` holds its state after each epoch, so a killed run resumes; it is kept
     after a budget stop (a larger budget continues the run) and removed once the run has converged.
     """
@@ -424,13 +432,23 @@ class BaselineCache:
             json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}, fh)
         return True
 
+    def heartbeat(self, method: str, key: str) -> None:
+        """Mark the run's lock as still in use (its trainer calls this after every epoch)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self.path(method, key).with_suffix(".lock"))
+
     def _holder_alive(self, lock: Path) -> bool:
+        """A lock is stale when its trainer has not beaten for ``LOCK_STALE_SECONDS`` (on any machine: a new
+        machine may reuse the pid, and another machine's pid cannot be checked), or its pid is gone here."""
         try:
             info = json.loads(lock.read_text())
+            age = time.time() - lock.stat().st_mtime
         except (OSError, ValueError):
             return True  # being written right now; look again at the next poll
+        if age > LOCK_STALE_SECONDS:
+            return False
         if info.get("host") != socket.gethostname():
-            return True  # cannot check another machine's process: trust the lock
+            return True  # cannot check another machine's process: trust the lock until it goes quiet
         return pid_alive(int(info.get("pid", -1)))
 
     @contextlib.contextmanager

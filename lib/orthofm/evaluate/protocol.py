@@ -403,7 +403,8 @@ def _run_protocol(config: ProtocolConfig, backbone: Backbone | None) -> dict[str
                         resume = cache.resume_path(method, key)
                         res = train_baseline(method, images[0][torch.as_tensor(idx)], y[idx], sub_groups, images[1],
                                              k, arch=backbone.arch, ordinal=ordinal, config=config.baseline, seed=seed,
-                                             checkpoint=resume)
+                                             checkpoint=resume,
+                                             on_epoch=lambda _epoch, m=method, kk=key: cache.heartbeat(m, kk))
                         probs = res.probs
                         run.update(training=res.summary(), wall_seconds=time.perf_counter() - t0,
                                    trained_with={b: getattr(config.baseline, b) for b in BUDGET_FIELDS},
