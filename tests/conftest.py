@@ -43,3 +43,15 @@ def shared_weights() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for a training test: on the shared 2-core machine two threads under load were ~25x slower
+    (measured); restored afterwards."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -27,12 +27,7 @@ SIZE = 32
 CFG = BaselineConfig(image_size=SIZE, max_epochs=3, patience=10, batch_size=8, bf16=False, warmup_epochs=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
