@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--baselines", default="random_init,pixels64", help="comma list; '' for none")
     p.add_argument("--readouts", default=None,
                    help="probe these readouts instead of the product's cached feature, e.g. "
-                        "cls+mean,cls4+mean,cls+grid4,block7:cls+mean (docs/pretraining.md)")
+                        "cls+mean,cls4+mean,cls+grid4,block7:cls+mean (docs/pretraining.md, OrthoFM's default model)")
     p.add_argument("--input-size", type=int, default=None, help="resize images to this canvas instead (pixels)")
     p.add_argument("--out", help="write the results as JSON here")
     p.set_defaults(func=run)
