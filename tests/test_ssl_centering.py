@@ -87,4 +87,5 @@ def test_pretrain_runs_with_sinkhorn_centring(shared_data: Path, tmp_path: Path)
     assert sorted(losses) == [1, 2] and all(math.isfinite(v) and v > 0 for v in losses.values())
     bad = subprocess.run(_cli(data, tmp_path / "bad", "dino", ["max_steps=1", "dino.centering=median"]), check=False,
                          env=_env(), capture_output=True, text=True, timeout=300)
-    assert bad.returncode != 0 and "centering must be one of" in bad.stderr
+    assert bad.returncode != 0 and "dino.centering must be one of" in bad.stderr
+    assert "decoded" not in bad.stderr  # refused before any image is read

@@ -15,6 +15,8 @@ from orthofm.models import MAEDecoderConfig
 
 from .augment import AugmentConfig
 
+CENTERINGS = ("ema", "sinkhorn")  # how the teacher's targets are made (losses/centering.py)
+
 
 @dataclass
 class DINOConfig:
@@ -40,6 +42,10 @@ class DINOConfig:
     # teacher targets: "ema" (DINO/iBOT centring) or "sinkhorn" (Sinkhorn-Knopp, DINOv2; balanced prototype
     # usage within each batch, which does not need the large batches an EMA centre does)
     centering: str = "ema"
+
+    def __post_init__(self) -> None:  # a typo fails at once, not after the data has been decoded
+        if self.centering not in CENTERINGS:
+            raise ValueError(f"dino.centering must be one of {CENTERINGS}, got {self.centering!r}")
 
 
 @dataclass

@@ -11,9 +11,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import CENTERINGS
 from .centering import sinkhorn_knopp
-
-CENTERINGS = ("ema", "sinkhorn")
 
 
 class DINOLoss(nn.Module):

@@ -8,8 +8,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import CENTERINGS
 from .centering import sinkhorn_knopp
-from .dino_loss import CENTERINGS
 
 
 class IBOTPatchLoss(nn.Module):
