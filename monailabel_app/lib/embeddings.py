@@ -9,7 +9,6 @@ thread of the server, through the same shared backbone and batcher as inference.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
@@ -41,29 +40,6 @@ class SharedBackboneView:
 
     def forward_features(self, x: Any) -> dict:
         return self._runtime.features_float32(x) if self._exact else self._runtime.features(x)
-
-
-def thread_safe_store(root: Any, backbone: Any, **kwargs: Any) -> Any:
-    """``orthofm.heads.EmbeddingStore`` whose writes are safe across the server's threads.
-
-    The store names its temp file after the process id only, so two request threads embedding the same image
-    race on one temp name (seen under load: FileNotFoundError on os.replace). Writes here go through
-    ``orthofm.utils.atomic`` (unique temp names, fsync) instead."""
-    from orthofm.heads import EmbeddingStore
-    from orthofm.utils.atomic import atomic_write_bytes
-
-    class _Store(EmbeddingStore):
-        def put(self, key: str, vec: np.ndarray) -> None:
-            vec = np.asarray(vec, dtype=np.float32)
-            if vec.shape != (self.dim,):
-                raise ValueError(f"embedding must have shape ({self.dim},), got {vec.shape}")
-            path = self._path(key)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            buf = io.BytesIO()
-            np.save(buf, vec, allow_pickle=False)
-            atomic_write_bytes(path, buf.getvalue())
-
-    return _Store(root, backbone, **kwargs)
 
 
 def _signature(path: str) -> tuple[int, int] | None:
