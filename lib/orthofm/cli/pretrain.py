@@ -10,6 +10,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "pretrain",
         help="self-supervised pretraining (MAE, DINO/iBOT/KoLeo) on folders of unlabeled images",
         description="Pretrain or continue pretraining a backbone. Resumes automatically from OUT/checkpoint.pt. "
+        "SIGTERM or Ctrl-C writes a checkpoint at the current step and exits with 128 + the signal number. "
         "Run under `torchrun --nproc_per_node N` for DDP (gloo on CPU, NCCL on GPU).",
     )
     p.add_argument("--data", nargs="+", required=True, help="folders or files of DICOM/PNG/JPEG/NIfTI/NRRD images")
@@ -28,7 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from orthofm.ssl import load_config, pretrain
+    import logging
+
+    from orthofm.ssl import PretrainingStopped, load_config, pretrain
     from orthofm.ssl.export import export_run
     from orthofm.utils.runtime import configure_threads
 
@@ -37,7 +40,11 @@ def run(args: argparse.Namespace) -> int:
         args.config, args.set, data=args.data, out=args.out, arch=args.arch, init=args.init,
         objective=args.objective, epochs=args.epochs, batch_size=args.batch_size, precision=args.precision,
     )
-    out = pretrain(config)
+    try:
+        out = pretrain(config)
+    except PretrainingStopped as stopped:  # SIGTERM / Ctrl-C: checkpoint written, nothing exported
+        logging.getLogger("orthofm.pretrain").warning("%s", stopped)
+        return 128 + stopped.signum  # the shell's convention for "ended by signal N" (143 for SIGTERM)
     if args.export:
         export_run(out, args.export)
     return 0

@@ -2,6 +2,7 @@
 
 from .config import DINOConfig, PretrainConfig, load_config, save_config
 from .meta_arch import SSLMetaArch
+from .stopping import PretrainingStopped
 from .train import pretrain
 
-__all__ = ["DINOConfig", "PretrainConfig", "SSLMetaArch", "load_config", "pretrain", "save_config"]
+__all__ = ["DINOConfig", "PretrainConfig", "PretrainingStopped", "SSLMetaArch", "load_config", "pretrain", "save_config"]

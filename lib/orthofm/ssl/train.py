@@ -2,7 +2,8 @@
 
 Checkpoints are atomic and hold everything needed for an exact resume (weights, optimizer, loss
 centres, every rank's RNG state, the step); schedules are pure functions of the step, so a run killed
-with SIGKILL continues on the same loss trajectory from its last checkpoint.
+with SIGKILL continues on the same loss trajectory from its last checkpoint. SIGTERM or Ctrl-C writes a
+checkpoint at the current step first and then raises :class:`~orthofm.ssl.stopping.PretrainingStopped`.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import csv
 import logging
 import math
 import os
+import signal
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -27,6 +30,7 @@ from .collapse import dino_uniform_collapse
 from .config import PretrainConfig, save_config
 from .data import DecodedImageCache, discover_sources
 from .meta_arch import SSLMetaArch
+from .stopping import PretrainingStopped, StopRequest, agree_any
 
 log = logging.getLogger(__name__)
 
@@ -214,14 +218,52 @@ def pretrain(config: PretrainConfig) -> Path:
         torch.autocast(info.device.type, dtype=torch.bfloat16) if config.precision == "bf16" else nullcontext()
     )
     warmup = int(config.warmup_epochs * steps_per_epoch)
-    last_ckpt_time = time.time()
-    tic, seen = time.time(), 0
     end_step = min(total_steps, config.max_steps) if config.max_steps > 0 else total_steps
     if info.is_main:
         log.info("pretraining %s (%s) on %d items: %d steps of %d images (%d per epoch), lr %.2e",
                  config.arch, config.objective, len(cache), total_steps, global_batch, steps_per_epoch, lr)
 
     meta.train()
+    loop = _Loop(config, info, meta, model, optimizer, cache, autocast, out, ckpt_path, end_step, total_steps,
+                 steps_per_epoch, global_batch, lr, warmup)
+    with StopRequest() as stop:
+        _train_steps(loop, step, stop)
+
+    if info.world > 1:
+        dist.barrier()
+    return out
+
+
+@dataclass
+class _Loop:
+    """Everything the step loop reads, built once by :func:`pretrain`."""
+
+    config: PretrainConfig
+    info: DistInfo
+    meta: SSLMetaArch
+    model: torch.nn.Module  # ``meta``, wrapped in DDP when there are several ranks
+    optimizer: torch.optim.Optimizer
+    cache: DecodedImageCache
+    autocast: Any
+    out: Path
+    ckpt_path: Path
+    end_step: int
+    total_steps: int
+    steps_per_epoch: int
+    global_batch: int
+    lr: float
+    warmup: int
+
+
+def _train_steps(loop: _Loop, step: int, stop: StopRequest) -> None:
+    """Train from ``step`` to ``loop.end_step``, logging and checkpointing; a stop request ends it at a checkpoint."""
+    config, info, meta, model, optimizer, cache = (loop.config, loop.info, loop.meta, loop.model, loop.optimizer,
+                                                   loop.cache)
+    out, ckpt_path, end_step, total_steps = loop.out, loop.ckpt_path, loop.end_step, loop.total_steps
+    steps_per_epoch, global_batch, lr, warmup = loop.steps_per_epoch, loop.global_batch, loop.lr, loop.warmup
+    d = config.dino
+    last_ckpt_time = time.time()
+    tic, seen = time.time(), 0
     dino_history: list[float] = []
     collapse_warned = False
     while step < end_step:
@@ -236,10 +278,9 @@ def pretrain(config: PretrainConfig) -> Path:
         current_lr = cosine(step, total_steps, lr, lr * config.min_lr_ratio, warmup)
         for group in optimizer.param_groups:
             group["lr"] = current_lr
-        d = config.dino
         teacher_temp = cosine(step, total_steps, d.teacher_temp_final, d.teacher_temp_final,
                               int(d.teacher_temp_warmup_epochs * steps_per_epoch), d.teacher_temp)
-        with autocast:
+        with loop.autocast:
             losses = model(batch, teacher_temp)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
@@ -269,19 +310,23 @@ def pretrain(config: PretrainConfig) -> Path:
                                 "'DINO from MAE weights'",
                                 d.out_dim, math.log(d.out_dim), len(dino_history[-10:]))
 
-        due = (config.checkpoint_every_steps > 0 and step % config.checkpoint_every_steps == 0) or (
-            config.checkpoint_every_steps <= 0 and time.time() - last_ckpt_time > 60 * config.checkpoint_every_minutes
-        )
-        if due or step == end_step:
+        local_due = step == end_step or (
+            config.checkpoint_every_steps > 0 and step % config.checkpoint_every_steps == 0) or (
+            config.checkpoint_every_steps <= 0 and time.time() - last_ckpt_time > 60 * config.checkpoint_every_minutes)
+        # one answer for all ranks: saving gathers every rank's RNG state, a collective every rank must enter
+        if agree_any(local_due or stop.requested, info.world, info.device):
             rng = _gather_rng(info)
             if info.is_main:
                 save_checkpoint(ckpt_path, meta, optimizer, step, rng, config)
                 _plot_quietly(out)
             last_ckpt_time = time.time()
-
-    if info.world > 1:
-        dist.barrier()
-    return out
+            if step < end_step and agree_any(stop.requested, info.world, info.device):
+                if info.is_main:
+                    log.warning("stopped by a signal at step %d of %d; checkpoint written to %s, rerun the same "
+                                "command to resume", step, end_step, ckpt_path)
+                if info.world > 1:
+                    dist.barrier()
+                raise PretrainingStopped(step, stop.signum or signal.SIGTERM)
 
 
 def _momentum(step: int, total: int, start: float, end: float) -> float:
