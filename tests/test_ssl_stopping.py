@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,18 +13,28 @@ import pytest
 import torch
 from test_ssl_pretrain import _cli, _env, _few_images, _losses
 
-from orthofm.ssl.stopping import StopRequest, agree_any
+from orthofm.ssl.stopping import agree_any
+
+_SIGNAL_SELF = """
+import os, signal, time
+from orthofm.ssl.stopping import StopRequest
+previous = signal.getsignal(signal.SIGTERM)
+with StopRequest() as stop:
+    assert not stop.requested
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.05)  # the handler runs between bytecodes of the main thread
+    assert stop.requested and stop.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) == previous, "a second SIGTERM must act as it did before"
+assert signal.getsignal(signal.SIGTERM) == previous
+print("OK")
+"""
 
 
 def test_stop_request_records_the_first_signal_and_hands_the_second_back() -> None:
-    previous = signal.getsignal(signal.SIGTERM)
-    with StopRequest() as stop:
-        assert not stop.requested
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(0.05)  # the handler runs between bytecodes of the main thread
-        assert stop.requested and stop.signum == signal.SIGTERM
-        assert signal.getsignal(signal.SIGTERM) == previous, "a second SIGTERM must act as it did before"
-    assert signal.getsignal(signal.SIGTERM) == previous
+    # in a fresh interpreter: a SIGTERM sent to the test process itself would end the whole test run if it failed
+    done = subprocess.run([sys.executable, "-c", _SIGNAL_SELF], check=False, env=_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "OK", done.stderr[-1500:]
 
 
 def test_agree_any_on_one_process_is_the_flag_itself() -> None:

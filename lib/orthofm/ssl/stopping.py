@@ -68,7 +68,8 @@ class StopRequest:
 
     def _restore(self) -> None:
         for s, handler in self._previous.items():
-            signal.signal(s, handler)
+            # None: the previous handler was not installed from Python; the default is the closest we can restore
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
         self._previous.clear()
 
     def __enter__(self) -> Self:
