@@ -154,7 +154,7 @@ def _baseline_lines(data: dict[str, Any]) -> list[str]:
                  "than these budgets; its CPU-min and wall-min add up all its sessions. CPU-min = process CPU time "
                  "summed over threads."),
                 *([] if config.get("preset") != "cpu" else [
-                    "", "Why 224 px and a 40 CPU-minute budget per baseline: docs/heads.md, *The cpu preset*."]),
+                    "", "Why 224 px, and the cpu preset's budgets: docs/heads.md, *The cpu preset*."]),
                 "",
                 "| method | labels | seed | epochs | best epoch | stopped by | CPU-min | wall-min | threads |",
                 "|---|---|---|---|---|---|---|---|---|", *lines]
