@@ -17,7 +17,6 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -224,109 +223,79 @@ def pretrain(config: PretrainConfig) -> Path:
                  config.arch, config.objective, len(cache), total_steps, global_batch, steps_per_epoch, lr)
 
     meta.train()
-    loop = _Loop(config, info, meta, model, optimizer, cache, autocast, out, ckpt_path, end_step, total_steps,
-                 steps_per_epoch, global_batch, lr, warmup)
-    with StopRequest() as stop:
-        _train_steps(loop, step, stop)
+    with StopRequest() as stop:  # SIGTERM / Ctrl-C: checkpoint this step, then raise PretrainingStopped
+        d = config.dino
+        last_ckpt_time = time.time()
+        tic, seen = time.time(), 0
+        dino_history: list[float] = []
+        collapse_warned = False
+        while step < end_step:
+            epoch, within = divmod(step, steps_per_epoch)
+            perm = torch.randperm(len(cache), generator=torch.Generator().manual_seed(config.seed * 100003 + epoch))
+            start = within * global_batch + info.rank * config.batch_size
+            indices = perm[start : start + config.batch_size].tolist()
+            size = resolution_at(config, step, total_steps)
+            batch = make_batch(cache, indices, config, size, meta.student.preprocess)
+            batch = {k: (v.to(info.device) if torch.is_tensor(v) else [t.to(info.device) for t in v])
+                     for k, v in batch.items()}
+
+            current_lr = cosine(step, total_steps, lr, lr * config.min_lr_ratio, warmup)
+            for group in optimizer.param_groups:
+                group["lr"] = current_lr
+            teacher_temp = cosine(step, total_steps, d.teacher_temp_final, d.teacher_temp_final,
+                                  int(d.teacher_temp_warmup_epochs * steps_per_epoch), d.teacher_temp)
+            with autocast:
+                losses = model(batch, teacher_temp)
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(meta.parameters(), config.grad_clip)
+            if meta.do_dino and step < int(d.freeze_last_layer_epochs * steps_per_epoch):
+                for p in meta.student_head.last_layer.parameters():
+                    p.grad = None  # AdamW skips a parameter without a gradient: no update, no weight decay
+            optimizer.step()
+            meta.update_teacher(_momentum(step, total_steps, d.momentum, d.momentum_final))
+            step += 1
+            seen += global_batch
+
+            if info.is_main and (step % config.log_every_steps == 0 or step == end_step):
+                rate = seen / max(time.time() - tic, 1e-9)
+                eta = (end_step - step) * global_batch / max(rate, 1e-9)
+                values = {k: float(v.detach()) for k, v in losses.items()}
+                _append_metrics(out / METRICS, step, epoch, current_lr, size, rate, values)
+                log.info("step %d/%d epoch %d size %d loss %.4f lr %.2e | %.1f img/s, ETA %s",
+                         step, end_step, epoch, size, values["loss"], current_lr, rate, _fmt_eta(eta))
+                if "dino" in values and step > warmup:
+                    dino_history.append(values["dino"])
+                    if not collapse_warned and dino_uniform_collapse(dino_history, d.out_dim):
+                        collapse_warned = True
+                        log.warning("the DINO loss has stayed at ln(%d) = %.3f for %d logs: the student's outputs are "
+                                    "uniform (collapse), so DINO teaches nothing; see docs/pretraining.md, "
+                                    "'DINO from MAE weights'",
+                                    d.out_dim, math.log(d.out_dim), len(dino_history[-10:]))
+
+            local_due = step == end_step or (
+                config.checkpoint_every_steps > 0 and step % config.checkpoint_every_steps == 0) or (
+                config.checkpoint_every_steps <= 0
+                and time.time() - last_ckpt_time > 60 * config.checkpoint_every_minutes)
+            # one answer for all ranks: saving gathers every rank's RNG state, a collective every rank must enter
+            if agree_any(local_due or stop.requested, info.world, info.device):
+                rng = _gather_rng(info)
+                if info.is_main:
+                    save_checkpoint(ckpt_path, meta, optimizer, step, rng, config)
+                    _plot_quietly(out)
+                last_ckpt_time = time.time()
+                if step < end_step and agree_any(stop.requested, info.world, info.device):
+                    if info.is_main:
+                        log.warning("stopped by a signal at step %d of %d; checkpoint written to %s, rerun the same "
+                                    "command to resume", step, end_step, ckpt_path)
+                    if info.world > 1:
+                        dist.barrier()
+                    raise PretrainingStopped(step, stop.signum or signal.SIGTERM)
 
     if info.world > 1:
         dist.barrier()
     return out
-
-
-@dataclass
-class _Loop:
-    """Everything the step loop reads, built once by :func:`pretrain`."""
-
-    config: PretrainConfig
-    info: DistInfo
-    meta: SSLMetaArch
-    model: torch.nn.Module  # ``meta``, wrapped in DDP when there are several ranks
-    optimizer: torch.optim.Optimizer
-    cache: DecodedImageCache
-    autocast: Any
-    out: Path
-    ckpt_path: Path
-    end_step: int
-    total_steps: int
-    steps_per_epoch: int
-    global_batch: int
-    lr: float
-    warmup: int
-
-
-def _train_steps(loop: _Loop, step: int, stop: StopRequest) -> None:
-    """Train from ``step`` to ``loop.end_step``, logging and checkpointing; a stop request ends it at a checkpoint."""
-    config, info, meta, model, optimizer, cache = (loop.config, loop.info, loop.meta, loop.model, loop.optimizer,
-                                                   loop.cache)
-    out, ckpt_path, end_step, total_steps = loop.out, loop.ckpt_path, loop.end_step, loop.total_steps
-    steps_per_epoch, global_batch, lr, warmup = loop.steps_per_epoch, loop.global_batch, loop.lr, loop.warmup
-    d = config.dino
-    last_ckpt_time = time.time()
-    tic, seen = time.time(), 0
-    dino_history: list[float] = []
-    collapse_warned = False
-    while step < end_step:
-        epoch, within = divmod(step, steps_per_epoch)
-        perm = torch.randperm(len(cache), generator=torch.Generator().manual_seed(config.seed * 100003 + epoch))
-        start = within * global_batch + info.rank * config.batch_size
-        indices = perm[start : start + config.batch_size].tolist()
-        size = resolution_at(config, step, total_steps)
-        batch = make_batch(cache, indices, config, size, meta.student.preprocess)
-        batch = {k: (v.to(info.device) if torch.is_tensor(v) else [t.to(info.device) for t in v]) for k, v in batch.items()}
-
-        current_lr = cosine(step, total_steps, lr, lr * config.min_lr_ratio, warmup)
-        for group in optimizer.param_groups:
-            group["lr"] = current_lr
-        teacher_temp = cosine(step, total_steps, d.teacher_temp_final, d.teacher_temp_final,
-                              int(d.teacher_temp_warmup_epochs * steps_per_epoch), d.teacher_temp)
-        with loop.autocast:
-            losses = model(batch, teacher_temp)
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(meta.parameters(), config.grad_clip)
-        if meta.do_dino and step < int(d.freeze_last_layer_epochs * steps_per_epoch):
-            for p in meta.student_head.last_layer.parameters():
-                p.grad = None  # AdamW skips a parameter without a gradient: no update, no weight decay
-        optimizer.step()
-        meta.update_teacher(_momentum(step, total_steps, d.momentum, d.momentum_final))
-        step += 1
-        seen += global_batch
-
-        if info.is_main and (step % config.log_every_steps == 0 or step == end_step):
-            rate = seen / max(time.time() - tic, 1e-9)
-            eta = (end_step - step) * global_batch / max(rate, 1e-9)
-            values = {k: float(v.detach()) for k, v in losses.items()}
-            _append_metrics(out / METRICS, step, epoch, current_lr, size, rate, values)
-            log.info("step %d/%d epoch %d size %d loss %.4f lr %.2e | %.1f img/s, ETA %s",
-                     step, end_step, epoch, size, values["loss"], current_lr, rate, _fmt_eta(eta))
-            if "dino" in values and step > warmup:
-                dino_history.append(values["dino"])
-                if not collapse_warned and dino_uniform_collapse(dino_history, d.out_dim):
-                    collapse_warned = True
-                    log.warning("the DINO loss has stayed at ln(%d) = %.3f for %d logs: the student's outputs are "
-                                "uniform (collapse), so DINO teaches nothing; see docs/pretraining.md, "
-                                "'DINO from MAE weights'",
-                                d.out_dim, math.log(d.out_dim), len(dino_history[-10:]))
-
-        local_due = step == end_step or (
-            config.checkpoint_every_steps > 0 and step % config.checkpoint_every_steps == 0) or (
-            config.checkpoint_every_steps <= 0 and time.time() - last_ckpt_time > 60 * config.checkpoint_every_minutes)
-        # one answer for all ranks: saving gathers every rank's RNG state, a collective every rank must enter
-        if agree_any(local_due or stop.requested, info.world, info.device):
-            rng = _gather_rng(info)
-            if info.is_main:
-                save_checkpoint(ckpt_path, meta, optimizer, step, rng, config)
-                _plot_quietly(out)
-            last_ckpt_time = time.time()
-            if step < end_step and agree_any(stop.requested, info.world, info.device):
-                if info.is_main:
-                    log.warning("stopped by a signal at step %d of %d; checkpoint written to %s, rerun the same "
-                                "command to resume", step, end_step, ckpt_path)
-                if info.world > 1:
-                    dist.barrier()
-                raise PretrainingStopped(step, stop.signum or signal.SIGTERM)
 
 
 def _momentum(step: int, total: int, start: float, end: float) -> float:
