@@ -12,7 +12,8 @@ depends on size and conditioning, not on where the vectors came from. ``referenc
 ``LogisticRegression`` fit at C = 0.01 on the same features, so ``ratio`` is the cost of the model
 selection (grouped 5-fold CV over the C grid) in single fits.
 
-Baseline rows: process CPU-seconds of one training step (batch 32, bf16 autocast, AdamW; forward, backward,
+Baseline rows: process CPU-seconds of one training step (batch 32, the baselines' own precision: bf16 autocast
+where the CPU runs bf16 natively, else float32; AdamW; forward, backward,
 update) of the ResNet-18 baseline at 224 and 128 px, the numbers behind the ``cpu`` preset's image size and
 budget (docs/heads.md, "The cpu preset"). CPU time, not wall time, because the evaluation budgets are CPU
 time; run once with and once without ``OMP_WAIT_POLICY=PASSIVE`` to see what spinning OpenMP threads cost
@@ -35,7 +36,7 @@ import torch
 from orthofm.heads.embeddings import EmbeddingStore
 from orthofm.heads.features import embed_batch
 from orthofm.heads.train import fit_head
-from orthofm.utils.runtime import configure_threads
+from orthofm.utils.runtime import configure_threads, resolve_precision
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = REPO / "monailabel_app" / "model" / "orthofm_vits16"
@@ -196,8 +197,10 @@ def _baseline_step_cpu_seconds(size: int) -> tuple[float, float]:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x, y = torch.randn(32, size, size), torch.randint(0, 5, (32,))
 
+    bf16 = resolve_precision("auto") == "bf16"
+
     def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             z = model(x).float()
         loss = torch.nn.functional.cross_entropy(z, y)
         opt.zero_grad()
@@ -222,7 +225,7 @@ def _baseline_rows() -> list[dict]:
         cpu, wall = _baseline_step_cpu_seconds(size)
         rows.append({"name": f"ResNet-18 baseline train step, {size} px", "value": cpu, "unit": "s",
                      "reference": ref, "ratio": None if ref is None else cpu / ref,
-                     "notes": f"process CPU-s per batch of 32 (bf16, AdamW), {torch.get_num_threads()} threads, "
+                     "notes": f"process CPU-s per batch of 32 ({resolve_precision('auto')}, AdamW), {torch.get_num_threads()} threads, "
                               f"OMP_WAIT_POLICY={policy}; wall {wall:.2f} s; ~{cpu * TRAIN_IMAGES / 32 / 60:.1f} "
                               f"CPU-min per epoch on {TRAIN_IMAGES} images"
                               + ("; reference = 224 px" if ref is not None else "")})

@@ -235,13 +235,25 @@ def render_comparisons(results: list[dict]) -> list[str]:
     return lines
 
 
+def machine_label(machine: dict) -> str:
+    """The part of a machine description that changes what a timing means: the CPU and whether it runs bf16."""
+    return f"{machine.get('cpu_model', '?')} (native bf16: {machine.get('native_bf16', '?')})"
+
+
 def _partial_lines(report: dict) -> list[str]:
     base, reruns = report.get("base_run"), report.get("partial_reruns")
     if not base or not reruns:
         return []
-    return [(f"- partial re-runs: {', '.join(f'`{k}` at {v}' for k, v in reruns.items())} (the lines above describe"
-             f" the latest of them); every other bench's rows come from the full run generated {base['generated']}"
-             f" (commit `{base['git_commit']}`, load average at start {base['load_average_1_5_15min']})")]
+    machines = report.get("rerun_machines") or {}
+    mixed = any(machines.get(k, base.get("machine")) != base.get("machine") for k in reruns)
+
+    def on(label: str | None) -> str:  # name the machine only when the rows come from more than one
+        return f" on {label}" if mixed and label else ""
+
+    return [(f"- partial re-runs: {', '.join(f'`{k}` at {v}{on(machines.get(k))}' for k, v in reruns.items())}"
+             f" (the lines above describe the latest of them); every other bench's rows come from the full run"
+             f" generated {base['generated']}{on(base.get('machine'))} (commit `{base['git_commit']}`, load average"
+             f" at start {base['load_average_1_5_15min']})")]
 
 
 def render_markdown(report: dict) -> str:
@@ -309,14 +321,21 @@ def merge_partial(report: dict, previous: dict, only: Sequence[str]) -> None:
     report["results"] = kept + report["results"]
     seconds = {k: v for k, v in previous.get("bench_seconds", {}).items() if k not in set(only)}
     report["bench_seconds"] = {**seconds, **report["bench_seconds"]}
+    previous_machine = machine_label(previous.get("machine", {}))
     base = previous.get("base_run") or {
         "generated": previous.get("generated"), "git_commit": previous.get("git_commit"),
-        "load_average_1_5_15min": previous.get("machine", {}).get("load_average_1_5_15min")}
+        "load_average_1_5_15min": previous.get("machine", {}).get("load_average_1_5_15min"),
+        "machine": previous_machine}
     rerun = sorted(set(only) | set((previous.get("partial_reruns") or {}).keys()))
     report["base_run"] = base
     report["partial_reruns"] = {**(previous.get("partial_reruns") or {}),
                                 **{name: report["generated"] for name in only}}
     report["partial_reruns"] = {k: report["partial_reruns"][k] for k in rerun}
+    # a re-run on another machine (sessions move between hosts) must not pass its CPU off as every row's
+    machines = {k: previous_machine for k in previous.get("partial_reruns") or {}}  # older reports: their header's
+    machines.update(previous.get("rerun_machines") or {})
+    machines.update({name: machine_label(report["machine"]) for name in only})
+    report["rerun_machines"] = {k: machines[k] for k in rerun}
 
 
 def run_all(bench_dir: Path = BENCH_DIR, out_dir: Path = REPO_ROOT / "docs",

@@ -24,7 +24,7 @@ from orthofm.evaluate.splits import sample_fraction
 from orthofm.heads.labels import load_labels
 
 SIZE = 32
-CFG = BaselineConfig(image_size=SIZE, max_epochs=3, patience=10, batch_size=8, bf16=False, warmup_epochs=1)
+CFG = BaselineConfig(image_size=SIZE, max_epochs=3, patience=10, batch_size=8, precision="fp32", warmup_epochs=1)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

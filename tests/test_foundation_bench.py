@@ -105,7 +105,7 @@ def test_full_run_writes_reports_flags_regressions_and_captures_crashes(tmp_path
     assert " ".join(saved["machine"]["isa_flags"]) in md
 
 
-def test_partial_run_keeps_other_benches_results(tmp_path: Path) -> None:
+def test_partial_run_keeps_other_benches_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     benches, out = tmp_path / "benches", tmp_path / "docs"
     benches.mkdir()
     out.mkdir()
@@ -124,6 +124,17 @@ def test_partial_run_keeps_other_benches_results(tmp_path: Path) -> None:
     assert "partial re-runs: `beta`" in md and f"full run generated {full['generated']}" in md
     again = run_all.run_all(bench_dir=benches, out_dir=out, only=["alpha"])
     assert again["base_run"] == report["base_run"] and set(again["partial_reruns"]) == {"alpha", "beta"}
+    assert " on " not in md.split("partial re-runs:")[1].split("\n")[0]  # one machine: not named per bench
+
+    # a re-run on another CPU names each source's machine, so no row is attributed to the wrong one
+    elsewhere = {**full["machine"], "cpu_model": "Other CPU", "native_bf16": not full["machine"]["native_bf16"]}
+    monkeypatch.setattr(run_all, "describe_machine", lambda: dict(elsewhere))
+    moved = run_all.run_all(bench_dir=benches, out_dir=out, only=["beta"])
+    assert moved["rerun_machines"]["beta"] == run_all.machine_label(elsewhere)
+    assert moved["rerun_machines"]["alpha"] == run_all.machine_label(full["machine"])
+    line = (out / "benchmarks.md").read_text().split("partial re-runs:")[1].split("\n")[0]
+    assert f"`beta` at {moved['generated']} on Other CPU" in line
+    assert f"generated {full['generated']} on {full['machine']['cpu_model']}" in line
 
 
 def test_partial_run_keeps_uncommitted_rows_of_other_benches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -38,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline-max-cpu-minutes", type=float,
                    help="process CPU-time budget per baseline training (all threads; load-independent)")
     p.add_argument("--baseline-image-size", type=int)
+    p.add_argument("--baseline-precision", choices=("auto", "bf16", "fp32"),
+                   help="training precision of the baselines (default auto: bf16 where the CPU runs it natively, "
+                        "else fp32); part of a run's cache key")
     p.add_argument("--baseline-cache", default=None,
                    help="folder of finished baseline runs shared between reports (default: ~/.cache/orthofm/baselines)")
     p.add_argument("--baselines-cached-only", action="store_true",
@@ -82,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
         baseline = dataclasses.replace(baseline, max_cpu_minutes=args.baseline_max_cpu_minutes)
     if args.baseline_image_size is not None:
         baseline = dataclasses.replace(baseline, image_size=args.baseline_image_size)
+    if args.baseline_precision is not None:
+        baseline = dataclasses.replace(baseline, precision=args.baseline_precision)
     settings["baseline"] = baseline
     config = ProtocolConfig(train=args.train, test=args.test, out=args.out, weights=args.weights, task=args.task,
                             cache=args.cache, resume=not args.no_resume, baseline_cache=args.baseline_cache,

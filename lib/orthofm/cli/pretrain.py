@@ -21,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--objective", choices=["mae", "dino", "mae+dino"])
     p.add_argument("--epochs", type=float)
     p.add_argument("--batch-size", type=int, dest="batch_size", help="per process")
-    p.add_argument("--precision", choices=["bf16", "fp32"])
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"],
+                   help="auto (default): bf16 autocast where the CPU/GPU multiplies bf16 natively, else fp32")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set dino.local_crops=2 mask_ratio=0.6")
     p.add_argument("--export", metavar="FOLDER", help="after training, write the backbone in OrthoFM format here")

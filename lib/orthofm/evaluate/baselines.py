@@ -4,7 +4,7 @@ A label-efficiency claim is only as good as its baseline: an under-trained basel
 model look label-efficient. So every baseline trains until early stopping on a patient-grouped held-out
 part of its training labels says it has converged (or a stated budget ends it, which the result records as
 *not converged*), and its compute is measured (process CPU time, i.e. summed over threads, and wall time).
-Both use bf16 autocast on CPU, light augmentation (flip, shift, contrast), class-weighted loss, and the same
+Both train under bf16 autocast where the CPU runs bf16 natively (float32 elsewhere), light augmentation (flip, shift, contrast), class-weighted loss, and the same
 temperature scaling on the held-out part as the heads.
 
 Baselines do not depend on the backbone under test (only ``vit_random`` borrows its architecture), and
@@ -40,12 +40,13 @@ from orthofm.heads.features import pool_tokens
 from orthofm.heads.mlp import ordinal_emd_loss
 from orthofm.utils.atomic import atomic_path, atomic_write_text
 from orthofm.utils.jsonable import json_default
+from orthofm.utils.runtime import resolve_precision
 
 from .splits import group_holdout
 
 __all__ = [
     "BASELINES", "BUDGET_FIELDS", "BaselineCache", "BaselineConfig", "BaselineResult", "answers_for", "entry_answers_for",
-    "load_image_tensors", "train_baseline",
+    "load_image_tensors", "run_settings", "train_baseline",
 ]
 
 log = logging.getLogger(__name__)
@@ -72,10 +73,24 @@ class BaselineConfig:
     warmup_epochs: int = 2
     max_minutes: float | None = None
     max_cpu_minutes: float | None = None
-    bf16: bool = True
+    precision: str = "auto"  # "auto" (bf16 where the CPU runs it natively, else fp32), "bf16" or "fp32"
     ordinal_loss: bool = True
     mean: float = 0.5
     std: float = 0.25
+
+    def __post_init__(self) -> None:  # a typo fails before hours of training, not after
+        resolve_precision(self.precision)
+
+
+def run_settings(config: BaselineConfig) -> dict[str, Any]:
+    """The settings a run's numbers depend on: no budgets, and the precision as the one it resolves to here.
+
+    The precision goes in as the ``bf16`` flag that keys and resume fingerprints held before ``precision``
+    existed, so a bf16 host keeps every cached run; an fp32 run is another run (its numbers differ slightly).
+    """
+    settings = {k: v for k, v in asdict(config).items() if k not in BUDGET_FIELDS and k != "precision"}
+    settings["bf16"] = resolve_precision(config.precision) == "bf16"
+    return settings
 
 
 @dataclass
@@ -93,6 +108,7 @@ class BaselineResult:
     held_out: int
     best_held_out_nll: float
     stop_reason: str
+    precision: str = "bf16"
 
     def summary(self) -> dict[str, Any]:
         d = asdict(self)
@@ -230,7 +246,8 @@ def train_baseline(
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.3, patience=max(1, cfg.patience // 3))
     yt = torch.as_tensor(y)
     best_nll, best_epoch, best_state = math.inf, 0, {k: v.clone() for k, v in model.state_dict().items()}
-    settings = {k: v for k, v in asdict(cfg).items() if k not in BUDGET_FIELDS}
+    settings = run_settings(cfg)
+    bf16 = settings["bf16"]
     fingerprint = {"name": name, "arch": arch, "ordinal": bool(ordinal), "seed": int(seed), "settings": settings,
                    "n": len(y), "y": hashlib.sha256(y.tobytes()).hexdigest(), "n_classes": int(n_classes)}
     spent_cpu = spent_wall = 0.0
@@ -278,14 +295,14 @@ def train_baseline(
         for s in range(0, len(order), cfg.batch_size):
             b = order[s : s + cfg.batch_size]
             x = _augment(images[torch.as_tensor(b)].float(), gen)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 z = model(x).float()
             loss = ce(z, yt[b]) + (ordinal_emd_loss(z, yt[b]) if ordinal and cfg.ordinal_loss else 0.0)
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
-        hold_logits = _predict(model, images, hold_idx, 2 * cfg.batch_size, cfg.bf16)
+        hold_logits = _predict(model, images, hold_idx, 2 * cfg.batch_size, bf16)
         nll = float(-np.mean(np.log(np.clip(softmax(hold_logits)[np.arange(len(hold_idx)), y[hold_idx]], 1e-12, 1))))
         plateau.step(nll)
         bar.set_postfix(held_out_nll=f"{nll:.3f}", best=best_epoch)
@@ -312,15 +329,15 @@ def train_baseline(
     converged = stop_reason.startswith("early stopping")
     cpu_minutes, wall_minutes = cpu_so_far() / 60, wall_so_far() / 60
     model.load_state_dict(best_state)
-    calibration = fit_temperature(_predict(model, images, hold_idx, 2 * cfg.batch_size, cfg.bf16), y[hold_idx])
-    test_logits = _predict(model, test_images, np.arange(len(test_images)), 2 * cfg.batch_size, cfg.bf16)
+    calibration = fit_temperature(_predict(model, images, hold_idx, 2 * cfg.batch_size, bf16), y[hold_idx])
+    test_logits = _predict(model, test_images, np.arange(len(test_images)), 2 * cfg.batch_size, bf16)
     log.info("%s: %d epochs (best %d, %s), %.1f CPU-min, %.1f wall-min", name, epoch, best_epoch, stop_reason,
              cpu_minutes, wall_minutes)
     return BaselineResult(
         probs=softmax(test_logits, calibration.temperature), epochs_run=epoch, best_epoch=best_epoch,
         converged=converged, cpu_minutes=cpu_minutes, wall_minutes=wall_minutes,
         threads=torch.get_num_threads(), temperature=calibration.temperature, held_out=len(hold_idx),
-        best_held_out_nll=best_nll, stop_reason=stop_reason,
+        best_held_out_nll=best_nll, stop_reason=stop_reason, precision="bf16" if bf16 else "fp32",
     )
 
 
@@ -337,7 +354,7 @@ def baseline_key(method: str, fraction: float, seed: int, *, data: dict[str, Any
     absent too: they only say when to give up, so a converged run stands for any budget, and a run a budget
     stopped is continued (from its checkpoint) when a larger budget asks for it (see ``answers_for``).
     """
-    settings = {k: v for k, v in asdict(config).items() if k not in BUDGET_FIELDS}
+    settings = run_settings(config)
     fields = {"format": CACHE_FORMAT, "method": method, "fraction": round(float(fraction), 6), "seed": int(seed),
               "data": data, "config": settings, "ordinal": bool(ordinal),
               "arch": arch if method == "vit_random" else None}

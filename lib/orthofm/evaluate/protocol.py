@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from orthofm.heads.embeddings import EmbeddingStore, content_hash, read_pixels
-from orthofm.heads.finetune import FinetuneConfig, prefix_tokens, suffix_features, train_finetune
+from orthofm.heads.embeddings import EmbeddingStore, content_hash
+from orthofm.heads.finetune import FinetuneConfig, cached_prefix_tokens, suffix_features, train_finetune
 from orthofm.heads.labels import LabeledSet, load_labels
-from orthofm.heads.runtime import default_cache_dir, default_model_dir
+from orthofm.heads.runtime import autocast, default_cache_dir, default_model_dir, precision_dtype
 from orthofm.heads.saved import TrainedHead
 from orthofm.heads.train import finish_head, fit_head
 from orthofm.models import Backbone
@@ -219,21 +219,6 @@ def _metrics(y: np.ndarray, probs: np.ndarray, ordinal: bool, head: TrainedHead 
     return m
 
 
-def _prefix_cache(backbone: Backbone, store: EmbeddingStore, paths: list[Path], n_blocks: int,
-                  batch_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Frozen-prefix tokens (bf16) for every image: computed once, shared by all fine-tuning runs."""
-    from tqdm.auto import tqdm
-
-    start = len(backbone.model.blocks) - n_blocks  # type: ignore[attr-defined]
-    chunks, grid = [], (0, 0)
-    for s in tqdm(range(0, len(paths), batch_size), desc="prefix tokens", unit="batch", leave=False):
-        x = torch.stack([store.prepare(read_pixels(p).array) for p in paths[s : s + batch_size]])
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            t, grid = prefix_tokens(backbone, x, start)
-        chunks.append(t.to(torch.bfloat16))
-    return torch.cat(chunks), grid
-
-
 @contextlib.contextmanager
 def _folder_lock(out: Path) -> Iterator[None]:
     """One writer per report folder: two runs rewriting the same results.json would silently drop each other's runs."""
@@ -365,16 +350,22 @@ def _run_protocol(config: ProtocolConfig, backbone: Backbone | None) -> dict[str
         elif method == "finetune":
             ft_cfg = FinetuneConfig(**config.head_params.get("finetune", {}))
             if tokens is None:
-                tokens, grid = _prefix_cache(backbone, store, train.paths, ft_cfg.n_blocks, config.batch_size)
-                test_tokens, _ = _prefix_cache(backbone, store, test.paths, ft_cfg.n_blocks, config.batch_size)
+                start = len(backbone.model.blocks) - ft_cfg.n_blocks  # type: ignore[attr-defined]
+                tokens, grid = cached_prefix_tokens(backbone, store, train.paths, start,
+                                                    batch_size=config.batch_size, precision=ft_cfg.precision,
+                                                    progress=True)
+                test_tokens, _ = cached_prefix_tokens(backbone, store, test.paths, start,
+                                                      batch_size=config.batch_size, precision=ft_cfg.precision,
+                                                      progress=True)
             ft, fit = train_finetune(backbone, tokens[torch.as_tensor(idx)], grid, y[idx], sub_groups, k,
                                      ordinal=ordinal, config=ft_cfg, seed=seed)
             head = finish_head(ft, fit, train.classes, task=config.task, ordinal=ordinal, decode="argmax",
                                backbone=bb_info, data={}, label_fraction=fraction, seed=seed)
             tuned = ft.backbone_for(backbone)
             start = len(tuned.model.blocks) - ft_cfg.n_blocks  # type: ignore[attr-defined]
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-                feats = torch.cat([suffix_features(tuned, test_tokens[s : s + 64], start, grid).float()
+            test_dtype = precision_dtype(ft_cfg.precision)
+            with torch.no_grad(), autocast(test_dtype):
+                feats = torch.cat([suffix_features(tuned, test_tokens[s : s + 64].to(test_dtype), start, grid).float()
                                    for s in range(0, len(test_tokens), 64)]).numpy()
             probs = head.predict_proba(feats)
             run.update(backbone_id=store.backbone_id, params=head.card.params, calibration=head.card.calibration,

@@ -17,7 +17,9 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,12 +29,17 @@ from tqdm.auto import tqdm
 
 from orthofm.evaluate.splits import group_holdout
 from orthofm.models import Backbone
+from orthofm.utils.runtime import resolve_precision
 
 from .base import FeatureHead, FitResult, balanced_class_weights
+from .embeddings import EmbeddingStore, read_pixels
 from .features import pool_tokens
 from .mlp import ordinal_emd_loss
+from .runtime import autocast
 
-__all__ = ["FinetuneConfig", "FinetuneHead", "apply_finetuned_blocks", "prefix_tokens", "train_finetune"]
+__all__ = [
+    "FinetuneConfig", "FinetuneHead", "apply_finetuned_blocks", "cached_prefix_tokens", "prefix_tokens", "train_finetune",
+]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +64,26 @@ def prefix_tokens(backbone: Backbone, x: torch.Tensor, start: int) -> tuple[torc
     for blk in m.blocks[:start]:
         t = blk(t, rope=rope)
     return t, (h, w)
+
+
+def cached_prefix_tokens(
+    backbone: Backbone, store: EmbeddingStore, paths: Sequence[Path], start: int, *, batch_size: int = 32,
+    precision: str = "auto", progress: bool = False,
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """``prefix_tokens`` of every image (prepared by ``store``), computed once and shared by every fine-tuning epoch.
+
+    The forward runs in ``precision``; the tokens are kept in bf16 whatever it was: half the memory of float32
+    (3,000 knees x 201 tokens x 384 = 0.46 GB), and they are only ever the input of the trained blocks.
+    """
+    dtype = torch.bfloat16 if resolve_precision(precision) == "bf16" else torch.float32
+    chunks, grid = [], (0, 0)
+    starts = range(0, len(paths), batch_size)
+    for s in tqdm(starts, desc="prefix tokens", unit="batch", leave=False, disable=not progress):
+        x = torch.stack([store.prepare(read_pixels(p).array) for p in paths[s : s + batch_size]])
+        with torch.no_grad(), autocast(dtype):
+            t, grid = prefix_tokens(backbone, x, start)
+        chunks.append(t.to(torch.bfloat16))
+    return torch.cat(chunks), grid
 
 
 def _rope(m: nn.Module, h: int, w: int) -> torch.Tensor | None:
@@ -160,7 +187,7 @@ class FinetuneConfig:
     holdout: float = 0.2
     balanced: bool = True
     loss: str | None = None  # "ce" | "ce+emd" (default: ce+emd for ordinal tasks)
-    bf16: bool = True
+    precision: str = "auto"  # "auto" (bf16 where the CPU runs it natively, else fp32), "bf16" or "fp32"
     max_minutes: float | None = None
     # process CPU time (all threads): a budget that means the same on a busy and an idle machine
     max_cpu_minutes: float | None = None
@@ -200,10 +227,11 @@ def train_finetune(
         {"params": head.parameters(), "lr": cfg.lr_head},
     ], weight_decay=cfg.weight_decay)
     yt = torch.as_tensor(y)
-    dtype = torch.bfloat16 if cfg.bf16 else torch.float32
+    bf16 = resolve_precision(cfg.precision) == "bf16"
+    dtype = torch.bfloat16 if bf16 else torch.float32
 
     def forward(idx: np.ndarray) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=dtype, enabled=cfg.bf16):
+        with torch.autocast("cpu", dtype=dtype, enabled=bf16):
             feats = suffix_features(model, tokens[torch.as_tensor(idx)].to(dtype), start, grid)
         return head(feats.float())
 
@@ -261,6 +289,7 @@ def train_finetune(
     out.block_arrays = {f"backbone.{n}": p.detach().to(torch.float16).numpy()
                         for n, p in model.named_parameters() if n in names}
     out.settings = {k: v for k, v in asdict(cfg).items() if k != "n_blocks"}
+    out.settings["precision"] = "bf16" if bf16 else "fp32"  # the one it trained in, not "auto"
     out.settings["epochs"] = best[1] if len(hold_idx) else epoch
     calib = evaluate(hold_idx).double().numpy() if len(hold_idx) else np.zeros((0, n_classes))
     info = {"epochs_run": epoch, "best_epoch": best[1], "held_out": len(hold_idx),

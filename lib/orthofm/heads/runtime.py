@@ -1,7 +1,6 @@
 """Where heads find their model folder and which precision they run in.
 
-Kept in one small module so the fallbacks (``orthofm.utils`` precision helpers may not exist in every
-checkout) live in one place and the rest of the package never guesses.
+Kept in one small module so the rest of the package never guesses.
 """
 
 from __future__ import annotations
@@ -39,11 +38,9 @@ def default_cache_dir() -> Path:
 
 
 def inference_dtype() -> torch.dtype:
-    """bf16 when ``orthofm.utils`` says this CPU runs it natively, else float32 (safe default)."""
-    try:
-        from orthofm.utils.runtime import best_inference_dtype
-    except ImportError:  # older checkout without the runtime helpers
-        return torch.float32
+    """bf16 when this CPU runs it natively, else float32 (``orthofm.utils.runtime.best_inference_dtype``)."""
+    from orthofm.utils.runtime import best_inference_dtype
+
     return best_inference_dtype()
 
 
@@ -51,12 +48,10 @@ PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def precision_dtype(name: str) -> torch.dtype:
-    """A config's ``precision`` ("auto", "bf16", "fp32") as the autocast dtype; "auto" is ``inference_dtype()``."""
-    if name == "auto":
-        return inference_dtype()
-    if name not in PRECISIONS:
-        raise ValueError(f"precision must be one of {['auto', *PRECISIONS]}, got {name!r}")
-    return PRECISIONS[name]
+    """A config's ``precision`` ("auto", "bf16", "fp32") as the autocast dtype (``resolve_precision`` decides "auto")."""
+    from orthofm.utils.runtime import resolve_precision
+
+    return PRECISIONS[resolve_precision(name)]
 
 
 @contextlib.contextmanager

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from orthofm.evaluate.metrics import classification_metrics
 from orthofm.evaluate.splits import sample_fraction
@@ -180,18 +179,13 @@ def _finetuned_store(store: EmbeddingStore, trained: TrainedHead) -> EmbeddingSt
 
 def _train_finetune_head(cfg: TrainHeadConfig, backbone: Backbone, store: EmbeddingStore, train: LabeledSet,
                          ordinal: bool, data: dict[str, Any], weights: Path) -> TrainedHead:
-    from .embeddings import read_pixels
-    from .finetune import FinetuneConfig, prefix_tokens, train_finetune
+    from .finetune import FinetuneConfig, cached_prefix_tokens, train_finetune
 
     ft_cfg = FinetuneConfig(**cfg.head_params.get("finetune", {}))
     start = len(backbone.model.blocks) - ft_cfg.n_blocks  # type: ignore[attr-defined]
-    chunks, grid = [], (0, 0)
-    for s in range(0, len(train), cfg.batch_size):
-        x = torch.stack([store.prepare(read_pixels(p).array) for p in train.paths[s : s + cfg.batch_size]])
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            t, grid = prefix_tokens(backbone, x, start)
-        chunks.append(t.to(torch.bfloat16))
-    head, result = train_finetune(backbone, torch.cat(chunks), grid, train.y, train.patients, len(train.classes),
+    tokens, grid = cached_prefix_tokens(backbone, store, train.paths, start, batch_size=cfg.batch_size,
+                                        precision=ft_cfg.precision)
+    head, result = train_finetune(backbone, tokens, grid, train.y, train.patients, len(train.classes),
                                   ordinal=ordinal, config=ft_cfg, seed=cfg.seed)
     return finish_head(head, result, train.classes, task=cfg.task, ordinal=ordinal, decode=cfg.decode,
                    backbone=_backbone_info(store, weights), data=data, label_fraction=cfg.fraction, seed=cfg.seed)

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from orthofm.utils.runtime import default_device, resolve_precision
+
 from .config import PretrainConfig, load_config
 from .meta_arch import SSLMetaArch
 from .train import CHECKPOINT, METRICS, build_backbone
@@ -39,7 +41,7 @@ def run_summary(run: str | Path, config: PretrainConfig, step: int) -> dict[str,
         "base_lr": config.base_lr,
         "mask_ratio": config.mask_ratio,
         "resolution_schedule": [list(x) for x in config.resolution_schedule],
-        "precision": config.precision,
+        "precision": resolve_precision(config.precision, default_device()),  # what it trained in, not "auto"
         "final_loss": float(last["loss"]) if last else None,
         "mean_img_per_s_last_log": float(last["img_per_s"]) if last else None,
     }

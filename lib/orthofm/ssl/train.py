@@ -23,6 +23,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from orthofm.models import Backbone, PreprocessConfig, create_backbone
+from orthofm.utils.runtime import resolve_precision
 
 from .augment import augment_view
 from .collapse import dino_uniform_collapse
@@ -213,14 +214,13 @@ def pretrain(config: PretrainConfig) -> Path:
     model = meta
     if info.world > 1:
         model = DistributedDataParallel(meta, device_ids=[info.device.index] if info.device.type == "cuda" else None)
-    autocast = (
-        torch.autocast(info.device.type, dtype=torch.bfloat16) if config.precision == "bf16" else nullcontext()
-    )
+    precision = resolve_precision(config.precision, info.device)
+    autocast = torch.autocast(info.device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
     warmup = int(config.warmup_epochs * steps_per_epoch)
     end_step = min(total_steps, config.max_steps) if config.max_steps > 0 else total_steps
     if info.is_main:
-        log.info("pretraining %s (%s) on %d items: %d steps of %d images (%d per epoch), lr %.2e",
-                 config.arch, config.objective, len(cache), total_steps, global_batch, steps_per_epoch, lr)
+        log.info("pretraining %s (%s) on %d items: %d steps of %d images (%d per epoch), lr %.2e, %s",
+                 config.arch, config.objective, len(cache), total_steps, global_batch, steps_per_epoch, lr, precision)
 
     meta.train()
     with StopRequest() as stop:  # SIGTERM / Ctrl-C: checkpoint this step, then raise PretrainingStopped

@@ -14,6 +14,7 @@ from .runtime import (
     default_device,
     has_native_bf16,
     inference_autocast,
+    resolve_precision,
 )
 
 __all__ = [
@@ -29,4 +30,5 @@ __all__ = [
     "default_device",
     "has_native_bf16",
     "inference_autocast",
+    "resolve_precision",
 ]

@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "BF16_CPU_FLAGS",
+    "PRECISION_CHOICES",
     "available_cpus",
     "best_inference_dtype",
     "cache_root",
@@ -31,6 +32,7 @@ __all__ = [
     "env_flag",
     "has_native_bf16",
     "inference_autocast",
+    "resolve_precision",
 ]
 
 # /proc/cpuinfo flags meaning the CPU multiplies bf16 natively (x86: AVX512-BF16 or AMX tiles).
@@ -158,6 +160,28 @@ def best_inference_dtype() -> torch.dtype:
     if env_flag("ORTHOFM_FORCE_FP32") or not has_native_bf16():
         return torch.float32
     return torch.bfloat16
+
+
+PRECISION_CHOICES = ("auto", "bf16", "fp32")
+
+
+def resolve_precision(name: str, device: str | torch.device = "cpu") -> str:
+    """A training config's ``precision`` as the one it runs in here: ``"bf16"`` or ``"fp32"``.
+
+    ``"auto"`` means bf16 autocast only where the device multiplies bf16 natively (CPU: AVX512-BF16 or AMX, as
+    ``best_inference_dtype``; CUDA: ``torch.cuda.is_bf16_supported()``), else float32. Why not always bf16: on a
+    CPU without those instructions bf16 is emulated, and a ViT-S/16 training step (batch 32, 224 px) took 2.9-3.6x as
+    long as in float32 (two runs of benchmarks/bench_precision.py on an AVX512 Xeon without bf16).
+    """
+    if name not in PRECISION_CHOICES:
+        raise ValueError(f"precision must be one of {list(PRECISION_CHOICES)}, got {name!r}")
+    if name != "auto":
+        return name
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if best_inference_dtype() == torch.bfloat16 else "fp32"
 
 
 def default_device() -> torch.device:
