@@ -125,6 +125,7 @@ class ModelRuntime:
         self._exact_store: Any = None
         self._index: Any = None
         self._heads: dict[str, tuple[Any, Any]] = {}
+        self._tuned_stores: dict[str, tuple[Any, tuple[Any, Any]]] = {}
         self._engines: dict[tuple, Any] = {}
         self.embedder: Any = None
         self.datastore: Any = None
@@ -337,6 +338,34 @@ class ModelRuntime:
         self._heads[task] = (stamp, head)
         log.info("serving %s head %s", task, folder.name)
         return head
+
+    def head_stores(self, task: str, head: Any) -> tuple[Any, Any]:
+        """(fast, float32) embedding stores of the features ``head`` reads.
+
+        A head on frozen features reads the shared stores (the batched engine). A fine-tuned head reads the base
+        backbone with its own tuned last blocks: a private copy of the backbone per served head (the shared
+        engine runs the frozen weights only), cached in the same sidecar under the tuned weights' own id, so its
+        vectors never mix with the frozen ones the active-learning strategies use.
+        """
+        from orthofm.heads.finetune import FinetuneHead
+
+        if not isinstance(head.head, FinetuneHead):
+            return self.embedding_store, self.exact_embedding_store
+        with self._lock:
+            cached = self._tuned_stores.get(task)
+            if cached is None or cached[0] is not head:  # a newly published head gets its own stores
+                from orthofm.heads import EmbeddingStore
+                from orthofm.heads.runtime import inference_dtype
+
+                tuned = head.head.backbone_for(self.backbone).eval().requires_grad_(False)
+                root = self.sidecar / "embeddings"
+                stores = (EmbeddingStore(root, tuned, dtype=inference_dtype(), batch_size=8, progress=False),
+                          EmbeddingStore(root, tuned, dtype=torch.float32, batch_size=8, progress=False))
+                cached = (head, stores)
+                self._tuned_stores[task] = cached
+                log.info("serving fine-tuned %s head (%d tuned blocks, features %s)", task, head.head.n_blocks,
+                         stores[0].backbone_id)
+        return cached[1]
 
     def bank_folder(self, anatomy: str) -> Path | None:
         from lib.publish import current

@@ -24,8 +24,8 @@ class Embedding(OrthoInferTask):
     def run(self, source: Source, request: dict) -> tuple[str | None, dict]:
         from orthofm.heads import FEATURE_DEFINITION
 
-        vec = features_for(self.runtime, source)[0]
         store = self.runtime.embedding_store
+        vec = features_for(store, source)[0]
         return None, {
             "embedding": [round(float(v), 6) for v in vec],
             "dim": int(vec.shape[0]),

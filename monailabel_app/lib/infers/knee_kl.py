@@ -25,12 +25,10 @@ class NotTrained(Conflict):
     code = "not_trained"
 
 
-def features_for(runtime: Any, source: Source, exact: bool = False) -> np.ndarray:
-    """(1, F) features exactly as the embedding store (and so the trained heads) define them.
+def features_for(store: Any, source: Source) -> np.ndarray:
+    """(1, F) features exactly as ``store`` (and so the heads trained on it) defines them.
 
-    Datastore images go through the cached store (a repeat costs a file hash); uploads are embedded in memory.
-    ``exact``: float32 features (the near-tie re-check) instead of the fast path's."""
-    store = runtime.exact_embedding_store if exact else runtime.embedding_store
+    Datastore images go through the cached store (a repeat costs a file hash); uploads are embedded in memory."""
     if source.image_id is not None:
         return store.embed_paths([str(source.path)])
     return store.embed_arrays([source.record.array])
@@ -62,12 +60,13 @@ class KneeKL(OrthoInferTask):
         if trained_on and trained_on != self.runtime.embedding_store.backbone_id:
             raise NotTrained(f"the published {self.task} head was trained on other weights ({trained_on}); "
                              f"retrain it for these weights: POST /train/{self.task}")
-        feats = features_for(self.runtime, source)
+        store, exact_store = self.runtime.head_stores(self.task, head)
+        feats = features_for(store, source)
         probs = head.predict_proba(feats)[0].astype(float)
-        precision = str(self.runtime.embedding_store.dtype).removeprefix("torch.")
+        precision = str(store.dtype).removeprefix("torch.")
         if precision != "float32":  # near a boundary bf16 could flip the grade: decide it on float32 features
             redecided, rechecked = redecide_near_ties(head, probs[None],
-                                                      lambda rows: features_for(self.runtime, source, exact=True))
+                                                      lambda rows: features_for(exact_store, source))
             if rechecked[0]:
                 probs, precision = redecided[0], "float32 (near-tie re-check)"
         classes = list(head.classes)
