@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -57,10 +58,19 @@ def test_the_app_grades_with_the_tuned_blocks_like_orthofm_predict(
     studies = tmp_path / "studies"
     ids = build_studies(studies, shared_data, per_grade=1, mri_slices=2)
     srv = ServerProcess(studies=studies, workdir=tmp_path,
-                        conf={"weights": str(weights_with_finetuned_head), "models": "knee_kl,embedding",
-                              "embed_on_ingest": "false"}).start()
+                        conf={"weights": str(weights_with_finetuned_head), "models": "knee_kl,embedding"}).start()
     try:
         with srv.client() as http:
+            n_images = len(http.get("/datastore/?output=all").json()["objects"])
+            deadline = time.monotonic() + 600
+            while http.get("/info/").json()["orthofm"]["embeddings"]["indexed"] < n_images:
+                assert time.monotonic() < deadline, "background embedder did not index every image"
+                time.sleep(2)
+            # uncertainty needs the head's probabilities on cached (frozen) embeddings: not for a tuned head
+            r = http.post("/activelearning/uncertainty", json={"reserve_seconds": 0})
+            assert r.status_code == 200, r.text
+            picked = r.json()
+            assert picked["fallback"] == "coreset" and "fine-tuned" in picked["note"], picked
             image = ids["png"][2]
             r = http.post("/infer/knee_kl", params={"image": image, "output": "json"}, data={"params": "{}"})
             assert r.status_code == 200, r.text

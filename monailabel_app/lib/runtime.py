@@ -339,6 +339,13 @@ class ModelRuntime:
         log.info("serving %s head %s", task, folder.name)
         return head
 
+    @staticmethod
+    def reads_cached_embeddings(head: Any) -> bool:
+        """Does ``head`` read the shared (frozen) embeddings the index caches? Not so for fine-tuned heads."""
+        from orthofm.heads.finetune import FinetuneHead
+
+        return not isinstance(head.head, FinetuneHead)
+
     def head_stores(self, task: str, head: Any) -> tuple[Any, Any]:
         """(fast, float32) embedding stores of the features ``head`` reads.
 
@@ -347,9 +354,7 @@ class ModelRuntime:
         engine runs the frozen weights only), cached in the same sidecar under the tuned weights' own id, so its
         vectors never mix with the frozen ones the active-learning strategies use.
         """
-        from orthofm.heads.finetune import FinetuneHead
-
-        if not isinstance(head.head, FinetuneHead):
+        if self.reads_cached_embeddings(head):
             return self.embedding_store, self.exact_embedding_store
         with self._lock:
             cached = self._tuned_stores.get(task)

@@ -101,6 +101,11 @@ class EmbeddingStrategy(Strategy):
             if head is None:
                 note = f"no trained {task} head yet: used {COLD_START_STRATEGY} (diversity) instead"
                 name = COLD_START_STRATEGY
+            elif not self.runtime.reads_cached_embeddings(head):
+                note = (f"the served {task} head is fine-tuned: its features are not the cached embeddings, and "
+                        f"scoring every candidate would need a forward pass each; used {COLD_START_STRATEGY} "
+                        f"(diversity) instead. Training {task} in the app publishes a head on the cached embeddings.")
+                name = COLD_START_STRATEGY
             else:
                 probs = head.predict_proba(raw)  # every row (a view): cheaper than copying the candidates
         kwargs = {"kind": request["kind"]} if "kind" in request and name in ("uncertainty", "hybrid") else {}
