@@ -190,7 +190,7 @@ def _baseline_step_cpu_seconds(size: int) -> tuple[float, float]:
     """(CPU-s, wall-s) of one ResNet-18 baseline training step on a random batch of 32, after a warm-up step."""
     import os
 
-    from orthofm.evaluate.baselines import BASELINES
+    from orthofm.evaluate.baselines import BASELINES, train_step
 
     torch.manual_seed(0)
     model = BASELINES["resnet18"](5, "vit_small_patch16_dinov3_qkvb", size).train()
@@ -200,12 +200,7 @@ def _baseline_step_cpu_seconds(size: int) -> tuple[float, float]:
     bf16 = resolve_precision("auto") == "bf16"
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            z = model(x).float()
-        loss = torch.nn.functional.cross_entropy(z, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        train_step(model, opt, x, lambda z: torch.nn.functional.cross_entropy(z, y), bf16)
 
     step()
     t, c = time.perf_counter(), os.times()

@@ -26,22 +26,14 @@ ARCH = "vit_small_patch16_dinov3_qkvb"
 
 
 def _step_fn(name: str, bf16: bool) -> Callable[[], None]:
-    from orthofm.evaluate.baselines import BASELINES
+    from orthofm.evaluate.baselines import BASELINES, train_step
 
     torch.manual_seed(0)
     model = BASELINES[name](5, ARCH, SIZE).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x, y = torch.randn(BATCH, SIZE, SIZE), torch.randint(0, 5, (BATCH,))
 
-    def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            z = model(x).float()
-        loss = torch.nn.functional.cross_entropy(z, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    return step
+    return lambda: train_step(model, opt, x, lambda z: torch.nn.functional.cross_entropy(z, y), bf16)
 
 
 def _timed(step: Callable[[], None]) -> float:

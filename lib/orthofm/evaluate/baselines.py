@@ -46,7 +46,7 @@ from .splits import group_holdout
 
 __all__ = [
     "BASELINES", "BUDGET_FIELDS", "BaselineCache", "BaselineConfig", "BaselineResult", "answers_for", "entry_answers_for",
-    "load_image_tensors", "run_settings", "train_baseline",
+    "load_image_tensors", "run_settings", "train_baseline", "train_step",
 ]
 
 log = logging.getLogger(__name__)
@@ -176,6 +176,19 @@ BASELINES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor,
+               loss_fn: Callable[[torch.Tensor], torch.Tensor], bf16: bool) -> None:
+    """One optimiser step on batch ``x``: forward (bf16 autocast when ``bf16``), ``loss_fn(float32 logits)``, update.
+
+    The benchmarks time this very function, so their per-step numbers are the baselines' own."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        z = model(x).float()
+    loss = loss_fn(z)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
 def _predict(model: nn.Module, images: torch.Tensor, idx: np.ndarray, bs: int, bf16: bool) -> np.ndarray:
     model.eval()
     outs = []
@@ -295,12 +308,9 @@ def train_baseline(
         for s in range(0, len(order), cfg.batch_size):
             b = order[s : s + cfg.batch_size]
             x = _augment(images[torch.as_tensor(b)].float(), gen)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                z = model(x).float()
-            loss = ce(z, yt[b]) + (ordinal_emd_loss(z, yt[b]) if ordinal and cfg.ordinal_loss else 0.0)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            yb = yt[b]
+            train_step(model, opt, x, lambda z, yb=yb: ce(z, yb) + (
+                ordinal_emd_loss(z, yb) if ordinal and cfg.ordinal_loss else 0.0), bf16)
             sched.step()
         hold_logits = _predict(model, images, hold_idx, 2 * cfg.batch_size, bf16)
         nll = float(-np.mean(np.log(np.clip(softmax(hold_logits)[np.arange(len(hold_idx)), y[hold_idx]], 1e-12, 1))))
