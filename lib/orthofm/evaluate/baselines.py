@@ -4,8 +4,8 @@ A label-efficiency claim is only as good as its baseline: an under-trained basel
 model look label-efficient. So every baseline trains until early stopping on a patient-grouped held-out
 part of its training labels says it has converged (or a stated budget ends it, which the result records as
 *not converged*), and its compute is measured (process CPU time, i.e. summed over threads, and wall time).
-Both train under bf16 autocast where the CPU runs bf16 natively (float32 elsewhere), light augmentation (flip, shift, contrast), class-weighted loss, and the same
-temperature scaling on the held-out part as the heads.
+Both train under bf16 autocast where the CPU runs bf16 natively (float32 elsewhere), with light augmentation
+(flip, shift, contrast), a class-weighted loss, and the same temperature scaling on the held-out part as the heads.
 
 Baselines do not depend on the backbone under test (only ``vit_random`` borrows its architecture), and
 they are by far the most expensive runs of a report. ``BaselineCache`` therefore stores each finished run
