@@ -339,13 +339,6 @@ class ModelRuntime:
         log.info("serving %s head %s", task, folder.name)
         return head
 
-    @staticmethod
-    def reads_cached_embeddings(head: Any) -> bool:
-        """Does ``head`` read the shared (frozen) embeddings the index caches? Not so for fine-tuned heads."""
-        from orthofm.heads.finetune import FinetuneHead
-
-        return not isinstance(head.head, FinetuneHead)
-
     def head_stores(self, task: str, head: Any) -> tuple[Any, Any]:
         """(fast, float32) embedding stores of the features ``head`` reads.
 
@@ -354,7 +347,7 @@ class ModelRuntime:
         engine runs the frozen weights only), cached in the same sidecar under the tuned weights' own id, so its
         vectors never mix with the frozen ones the active-learning strategies use.
         """
-        if self.reads_cached_embeddings(head):
+        if head.reads_frozen_features:
             return self.embedding_store, self.exact_embedding_store
         with self._lock:
             cached = self._tuned_stores.get(task)
@@ -362,7 +355,7 @@ class ModelRuntime:
                 from orthofm.heads import EmbeddingStore
                 from orthofm.heads.runtime import inference_dtype
 
-                tuned = head.head.backbone_for(self.backbone).eval().requires_grad_(False)
+                tuned = head.feature_backbone(self.backbone).eval().requires_grad_(False)
                 root = self.sidecar / "embeddings"
                 stores = (EmbeddingStore(root, tuned, dtype=inference_dtype(), batch_size=8, progress=False),
                           EmbeddingStore(root, tuned, dtype=torch.float32, batch_size=8, progress=False))

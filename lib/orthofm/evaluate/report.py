@@ -133,12 +133,12 @@ def _baseline_lines(data: dict[str, Any]) -> list[str]:
         if t:
             lines.append(f"| {METHOD_NAMES.get(r['method'], r['method'])} | {100 * r['fraction']:g} % | {r['seed']} | "
                          f"{t['epochs_run']} | {t['best_epoch']} | {t['stop_reason']} | {t['cpu_minutes']:.1f} | "
-                         f"{t['wall_minutes']:.1f} | {t.get('threads', '?')} |")
+                         f"{t['wall_minutes']:.1f} | {t.get('threads', '?')} | {t.get('precision', '?')} |")
         elif "stop_reason" in r.get("fit", {}):
             f = r["fit"]
             lines.append(f"| {METHOD_NAMES.get(r['method'], r['method'])} | {100 * r['fraction']:g} % | {r['seed']} | "
                          f"{f['epochs_run']} | {f['best_epoch']} | {f['stop_reason']} | {f['cpu_seconds'] / 60:.1f} | "
-                         f"{f['wall_seconds'] / 60:.1f} | {data.get('setup', {}).get('threads', '?')} |")
+                         f"{f['wall_seconds'] / 60:.1f} | {f.get('threads', '?')} | {f.get('precision', '?')} |")
     out: list[str] = []
     if lines:
         b = config.get("baseline", {})
@@ -156,8 +156,8 @@ def _baseline_lines(data: dict[str, Any]) -> list[str]:
                 *([] if config.get("preset") != "cpu" else [
                     "", "Why 224 px, and the cpu preset's budgets: docs/heads.md, *The cpu preset*."]),
                 "",
-                "| method | labels | seed | epochs | best epoch | stopped by | CPU-min | wall-min | threads |",
-                "|---|---|---|---|---|---|---|---|---|", *lines]
+                "| method | labels | seed | epochs | best epoch | stopped by | CPU-min | wall-min | threads | precision |",
+                "|---|---|---|---|---|---|---|---|---|---|", *lines]
     out += _unfinished_lines(data)
     pending = data.get("pending", [])
     if pending:

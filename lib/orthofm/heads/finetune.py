@@ -295,6 +295,7 @@ def train_finetune(
     info = {"epochs_run": epoch, "best_epoch": best[1], "held_out": len(hold_idx),
             "held_out_nll": best[0] if len(hold_idx) else None, "loss": loss_name,
             "stop_reason": stop_reason, "converged": stop_reason.startswith("early stopping"),
-            "wall_seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu0}
+            "wall_seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu0,
+            "threads": torch.get_num_threads(), "precision": "bf16" if bf16 else "fp32"}
     log.info("fine-tune: %d epochs, best held-out NLL %.4f at %d", epoch, best[0], best[1])
     return out, FitResult(logits=calib, y=y[hold_idx], info=info)

@@ -21,7 +21,6 @@ from orthofm.models import Backbone
 from orthofm.utils.atomic import atomic_write_text
 
 from .embeddings import EmbeddingStore, ImageItem, backbone_id
-from .finetune import FinetuneHead
 from .precision import redecide_near_ties
 from .runtime import default_cache_dir, default_model_dir
 from .saved import TrainedHead, load_head
@@ -85,8 +84,7 @@ class GradePredictor:
         if expected and expected != actual:
             raise ValueError(f"the {head.card.task!r} head was trained on backbone {expected} but the loaded weights "
                              f"are {actual}; retrain the head with `orthofm train-head` for these weights")
-        if isinstance(head.head, FinetuneHead):
-            backbone = head.head.backbone_for(backbone)  # its features are cached under their own id
+        backbone = head.feature_backbone(backbone)  # tuned blocks: features cached under their own id
         self.head = head
         self.store = EmbeddingStore(cache or default_cache_dir(), backbone, dtype=dtype, batch_size=batch_size,
                                     progress=progress)

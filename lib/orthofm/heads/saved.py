@@ -109,6 +109,17 @@ class TrainedHead:
             return np.clip(np.rint(grade), 0, probs.shape[1] - 1).astype(np.int64)
         return probs.argmax(axis=1)
 
+    def feature_backbone(self, base: Any) -> Any:
+        """The backbone whose features this head reads: ``base`` itself, or (fine-tuned heads) a copy of it with
+        the head's tuned blocks. Every caller that embeds images for this head must use it."""
+        tuned = getattr(self.head, "backbone_for", None)
+        return tuned(base) if tuned is not None else base
+
+    @property
+    def reads_frozen_features(self) -> bool:
+        """True when the head reads the base backbone's own features (probe, kNN, MLP), not tuned ones."""
+        return getattr(self.head, "backbone_for", None) is None
+
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.decode(self.predict_proba(x))
 

@@ -173,7 +173,7 @@ def train_task_head(cfg: TrainHeadConfig, backbone: Backbone | None = None) -> t
 
 
 def _finetuned_store(store: EmbeddingStore, trained: TrainedHead) -> EmbeddingStore:
-    tuned = trained.head.backbone_for(store.backbone)  # type: ignore[attr-defined]
+    tuned = trained.feature_backbone(store.backbone)
     return EmbeddingStore(store.root, tuned, dtype=store.dtype, batch_size=store.batch_size, progress=store.progress)
 
 

@@ -101,7 +101,7 @@ class EmbeddingStrategy(Strategy):
             if head is None:
                 note = f"no trained {task} head yet: used {COLD_START_STRATEGY} (diversity) instead"
                 name = COLD_START_STRATEGY
-            elif not self.runtime.reads_cached_embeddings(head):
+            elif not head.reads_frozen_features:
                 note = (f"the served {task} head is fine-tuned: its features are not the cached embeddings, and "
                         f"scoring every candidate would need a forward pass each; used {COLD_START_STRATEGY} "
                         f"(diversity) instead. Training {task} in the app publishes a head on the cached embeddings.")
