@@ -84,7 +84,13 @@ def inference_engine(dtype: torch.dtype | None) -> str:
         if choice == "openvino":
             raise RuntimeError("ORTHOFM_ENGINE=openvino but the openvino package is not installed")
         return "torch"
-    return "openvino" if choice == "openvino" or dtype == torch.bfloat16 else "torch"
+    if choice == "openvino":
+        return "openvino"
+    # bf16 through OpenVINO only where the CPU runs bf16 natively: elsewhere (an explicit bf16 request, e.g. the
+    # precision tests) its bf16 path was far slower than torch's emulated autocast (826 knees: > 20 min)
+    from orthofm.utils.runtime import has_native_bf16
+
+    return "openvino" if dtype == torch.bfloat16 and has_native_bf16() else "torch"
 
 
 def forward_features(backbone: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
