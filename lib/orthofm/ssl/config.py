@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from orthofm.models import MAEDecoderConfig
-from orthofm.utils.runtime import PRECISION_CHOICES
+from orthofm.utils.runtime import resolve_precision
 
 from .augment import AugmentConfig
 
@@ -85,8 +85,7 @@ class PretrainConfig:
     probe_every_epochs: float = 0.0
 
     def __post_init__(self) -> None:  # a typo fails at once, not after the data has been decoded
-        if self.precision not in PRECISION_CHOICES:
-            raise ValueError(f"precision must be one of {list(PRECISION_CHOICES)}, got {self.precision!r}")
+        resolve_precision(self.precision)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
