@@ -307,3 +307,55 @@ def test_one_writer_per_report_folder(tmp_path) -> None:
     with pytest.raises(RuntimeError, match="being written by another"):
         run_protocol(cfg)
     assert (out / ".evaluate.lock").exists()  # the holder's lock is left alone
+
+
+def test_one_baseline_run_can_have_its_own_precision(shared_data, tmp_path) -> None:
+    """``baseline_precision_for`` trains (and keys) one baseline run in another precision, e.g. a run made on a
+    machine without native bf16 inside a report whose other baselines are bf16; the other runs keep their keys."""
+    both = ("resnet18", "vit_random")
+    base = _small_config(shared_data, tmp_path, heads=(), baselines=both, baseline_fractions=(0.5, 1.0),
+                         baseline=BaselineConfig(image_size=SIZE, max_epochs=1, patience=1, batch_size=16,
+                                                 precision="fp32"))
+    mixed = replace(base, baseline_precision_for={"resnet18@1": "bf16"})
+    plan = protocol._plan(base)
+    keys = {p: protocol._key(base, p, "bb", {"train": "a"}, True, "vit_tiny") for p in plan}
+    mixed_keys = {p: protocol._key(mixed, p, "bb", {"train": "a"}, True, "vit_tiny") for p in plan}
+    assert [p for p in plan if keys[p] != mixed_keys[p]] == [("resnet18", 1.0, 0)]
+    bf16_everywhere = replace(base, baseline=replace(base.baseline, precision="bf16"))
+    assert mixed_keys[("resnet18", 1.0, 0)] == protocol._key(bf16_everywhere, ("resnet18", 1.0, 0), "bb",
+                                                             {"train": "a"}, True, "vit_tiny")
+    only = replace(mixed, baselines=("resnet18",), baseline_fractions=(1.0,))
+    (run,) = run_protocol(only, backbone=_tiny_backbone(0))["runs"]
+    assert run["training"]["precision"] == "bf16"
+    cached = json.loads(BaselineCache(tmp_path / "baselines").path("resnet18", run["key"]).read_text())
+    assert cached["fields"]["config"]["precision"] == "bf16"
+    for bad in ({"resnet18@1": "fp16"}, {"resnet50@1": "fp32"}, {"resnet18": "fp32"}):
+        with pytest.raises(ValueError):
+            replace(base, baseline_precision_for=bad)
+
+
+def test_the_precision_override_flag_reaches_the_configuration(monkeypatch, tmp_path) -> None:
+    import argparse
+
+    from orthofm.cli import evaluate as cli
+
+    seen: dict[str, ProtocolConfig] = {}
+
+    def fake_run(config: ProtocolConfig) -> dict:
+        seen["config"] = config
+        return {"runs": []}
+
+    monkeypatch.setattr(protocol, "run_protocol", fake_run)
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    args = parser.parse_args(["evaluate", "--train", "a", "--test", "b", "--out", str(tmp_path), "--preset", "cpu",
+                              "--baseline-precision", "bf16", "--baseline-precision-for", "vit_random@100=fp32"])
+    assert args.func(args) == 0
+    cfg = seen["config"]
+    assert cfg.baseline_precision_for == {"vit_random@1": "fp32"}
+    assert cfg.baseline_for("vit_random", 1.0).precision == "fp32"
+    assert cfg.baseline_for("resnet18", 1.0).precision == "bf16"
+    bad = parser.parse_args(["evaluate", "--train", "a", "--test", "b", "--out", str(tmp_path),
+                             "--baseline-precision-for", "vit_random=fp32"])
+    with pytest.raises(SystemExit, match="BASELINE@PERCENT"):
+        bad.func(bad)

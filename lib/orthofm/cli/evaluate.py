@@ -18,6 +18,20 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip() and v.strip() != "none")
 
 
+def _precision_overrides(items: list[str]) -> dict[str, str]:
+    """``["vit_random@100=fp32"]`` -> ``{"vit_random@1": "fp32"}`` (fractions in percent on the command line)."""
+    out = {}
+    for item in items:
+        run, sep, precision = item.partition("=")
+        method, at, percent = run.partition("@")
+        if not (sep and at and method.strip() and precision.strip()):
+            raise SystemExit(f"--baseline-precision-for {item!r}: expected BASELINE@PERCENT=PRECISION, "
+                             f"e.g. vit_random@100=fp32")
+        (fraction,) = _floats(percent)
+        out[f"{method.strip()}@{fraction:g}"] = precision.strip()
+    return out
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("evaluate", help="label-efficiency protocol: heads vs supervised baselines -> report")
     p.add_argument("--train", required=True, help="training labels (labels.csv or folder per class)")
@@ -41,6 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline-precision", choices=("auto", "bf16", "fp32"),
                    help="training precision of the baselines (default auto: bf16 where the CPU runs it natively, "
                         "else fp32); part of a run's cache key")
+    p.add_argument("--baseline-precision-for", action="append", default=[], metavar="BASELINE@PERCENT=PRECISION",
+                   help="another precision for one baseline at one fraction, e.g. vit_random@100=fp32 for a run trained "
+                        "on a machine without native bf16 (repeatable; part of that run's cache key)")
     p.add_argument("--baseline-cache", default=None,
                    help="folder of finished baseline runs shared between reports (default: ~/.cache/orthofm/baselines)")
     p.add_argument("--baselines-cached-only", action="store_true",
@@ -91,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     config = ProtocolConfig(train=args.train, test=args.test, out=args.out, weights=args.weights, task=args.task,
                             cache=args.cache, resume=not args.no_resume, baseline_cache=args.baseline_cache,
                             baselines_cached_only=args.baselines_cached_only, preset=args.preset,
+                            baseline_precision_for=_precision_overrides(args.baseline_precision_for),
                             report_only=args.report_only,
                             command="orthofm " + " ".join(shlex.quote(a) for a in sys.argv[1:]), **settings)
     data = run_protocol(config)

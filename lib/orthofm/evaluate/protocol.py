@@ -41,6 +41,7 @@ from orthofm.heads.train import finish_head, fit_head
 from orthofm.models import Backbone
 from orthofm.utils.atomic import atomic_write_text
 from orthofm.utils.jsonable import json_default
+from orthofm.utils.runtime import resolve_precision
 
 from .baselines import (
     BUDGET_FIELDS,
@@ -85,6 +86,8 @@ class ProtocolConfig:
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     baseline_cache: str | None = None  # shared store of finished baseline runs (default: next to the embeddings)
     baselines_cached_only: bool = False  # never train a baseline: use cached runs, list the others as pending
+    # "method@fraction" -> precision for single baseline runs (e.g. one trained on another machine); part of its key
+    baseline_precision_for: dict[str, str] = field(default_factory=dict)
     ordinal: bool | None = None
     max_train_images: int | None = None  # patient-grouped subsample of the training split (quick runs)
     max_test_images: int | None = None
@@ -96,10 +99,23 @@ class ProtocolConfig:
     preset: str = ""  # shown in the report; not part of any run key
     report_only: bool = False  # render the report from results.json now (e.g. while another process still runs)
 
+    def __post_init__(self) -> None:  # a typo in an override fails before any training, not after
+        for item, precision in self.baseline_precision_for.items():
+            method, _, fraction = item.partition("@")
+            if method not in self.baselines or not fraction:
+                raise ValueError(f"baseline precision override {item!r}: expected <baseline>@<fraction> with a "
+                                 f"baseline in {self.baselines}")
+            resolve_precision(precision)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["baseline"] = asdict(self.baseline)
         return d
+
+    def baseline_for(self, method: str, fraction: float) -> BaselineConfig:
+        """The baseline settings of one run: ``baseline`` with that run's precision override, if any."""
+        precision = self.baseline_precision_for.get(f"{method}@{float(fraction):g}")
+        return replace(self.baseline, precision=precision) if precision else self.baseline
 
 
 # measured: see docs/heads.md "The cpu preset" for the per-epoch cost behind these two numbers
@@ -392,8 +408,9 @@ def _run_protocol(config: ProtocolConfig, backbone: Backbone | None) -> dict[str
                             images = (load_image_tensors(train.paths, size, bcfg.mean, bcfg.std),
                                       load_image_tensors(test.paths, size, bcfg.mean, bcfg.std))
                         resume = cache.resume_path(method, key)
+                        run_cfg = config.baseline_for(method, fraction)
                         res = train_baseline(method, images[0][torch.as_tensor(idx)], y[idx], sub_groups, images[1],
-                                             k, arch=backbone.arch, ordinal=ordinal, config=config.baseline, seed=seed,
+                                             k, arch=backbone.arch, ordinal=ordinal, config=run_cfg, seed=seed,
                                              checkpoint=resume,
                                              on_epoch=lambda _epoch, m=method, kk=key: cache.heartbeat(m, kk))
                         probs = res.probs
@@ -401,7 +418,7 @@ def _run_protocol(config: ProtocolConfig, backbone: Backbone | None) -> dict[str
                                    trained_with={b: getattr(config.baseline, b) for b in BUDGET_FIELDS},
                                    cpu_seconds=time.process_time() - cpu0)
                         path = cache.put(method, key, run, probs, y_test, fields={
-                            "data": data_fp, "config": asdict(config.baseline), "fraction": fraction, "seed": seed})
+                            "data": data_fp, "config": asdict(run_cfg), "fraction": fraction, "seed": seed})
                         log.info("baseline run cached in %s", path)
                         if res.converged:  # final: its training state is no longer needed
                             resume.unlink(missing_ok=True)
@@ -435,7 +452,8 @@ def _key(config: ProtocolConfig, item: tuple[str, float, int], backbone_id: str,
     if method in ALL_METHODS:
         return head_key(method, fraction, seed, backbone_id=backbone_id, data=data,
                         params=config.head_params.get(method), ordinal=ordinal)
-    return baseline_key(method, fraction, seed, data=data, config=config.baseline, arch=arch, ordinal=ordinal)
+    return baseline_key(method, fraction, seed, data=data, config=config.baseline_for(method, fraction), arch=arch,
+                        ordinal=ordinal)
 
 
 def _plan(config: ProtocolConfig) -> list[tuple[str, float, int]]:
