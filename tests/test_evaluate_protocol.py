@@ -241,9 +241,8 @@ def test_a_lock_that_went_quiet_is_taken_over_even_from_another_machine(tmp_path
         assert entry is None and json.loads(lock.read_text())["pid"] == os.getpid()
 
 
-def test_cpu_preset_plan_and_cli_flags(monkeypatch, tmp_path) -> None:
-    """``--preset cpu`` plans every frozen-feature head at 6 fractions x 3 seeds and the budgeted rest, and the
-    baseline-cache flags reach the configuration (checked without running anything)."""
+def _config_from_cli(monkeypatch, argv: list[str]) -> ProtocolConfig:
+    """The ProtocolConfig that ``orthofm evaluate --train a --test b <argv>`` builds (nothing is run)."""
     import argparse
 
     from orthofm.cli import evaluate as cli
@@ -257,10 +256,16 @@ def test_cpu_preset_plan_and_cli_flags(monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(protocol, "run_protocol", fake_run)
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers())
-    args = parser.parse_args(["evaluate", "--train", "a", "--test", "b", "--out", str(tmp_path), "--preset", "cpu",
-                              "--baseline-cache", str(tmp_path / "bc"), "--baselines-cached-only"])
+    args = parser.parse_args(["evaluate", "--train", "a", "--test", "b", *argv])
     assert args.func(args) == 0
-    cfg = seen["config"]
+    return seen["config"]
+
+
+def test_cpu_preset_plan_and_cli_flags(monkeypatch, tmp_path) -> None:
+    """``--preset cpu`` plans every frozen-feature head at 6 fractions x 3 seeds and the budgeted rest, and the
+    baseline-cache flags reach the configuration (checked without running anything)."""
+    cfg = _config_from_cli(monkeypatch, ["--out", str(tmp_path), "--preset", "cpu", "--baseline-cache",
+                                         str(tmp_path / "bc"), "--baselines-cached-only"])
     assert cfg.baseline_cache == str(tmp_path / "bc") and cfg.baselines_cached_only
     assert cfg.baseline.max_cpu_minutes and cfg.baseline.max_minutes  # budgets on, reported as not converged
     plan = protocol._plan(cfg)
@@ -335,27 +340,10 @@ def test_one_baseline_run_can_have_its_own_precision(shared_data, tmp_path) -> N
 
 
 def test_the_precision_override_flag_reaches_the_configuration(monkeypatch, tmp_path) -> None:
-    import argparse
-
-    from orthofm.cli import evaluate as cli
-
-    seen: dict[str, ProtocolConfig] = {}
-
-    def fake_run(config: ProtocolConfig) -> dict:
-        seen["config"] = config
-        return {"runs": []}
-
-    monkeypatch.setattr(protocol, "run_protocol", fake_run)
-    parser = argparse.ArgumentParser()
-    cli.register(parser.add_subparsers())
-    args = parser.parse_args(["evaluate", "--train", "a", "--test", "b", "--out", str(tmp_path), "--preset", "cpu",
-                              "--baseline-precision", "bf16", "--baseline-precision-for", "vit_random@100=fp32"])
-    assert args.func(args) == 0
-    cfg = seen["config"]
+    cfg = _config_from_cli(monkeypatch, ["--out", str(tmp_path), "--preset", "cpu", "--baseline-precision", "bf16",
+                                         "--baseline-precision-for", "vit_random@100=fp32"])
     assert cfg.baseline_precision_for == {"vit_random@1": "fp32"}
     assert cfg.baseline_for("vit_random", 1.0).precision == "fp32"
     assert cfg.baseline_for("resnet18", 1.0).precision == "bf16"
-    bad = parser.parse_args(["evaluate", "--train", "a", "--test", "b", "--out", str(tmp_path),
-                             "--baseline-precision-for", "vit_random=fp32"])
     with pytest.raises(SystemExit, match="BASELINE@PERCENT"):
-        bad.func(bad)
+        _config_from_cli(monkeypatch, ["--out", str(tmp_path), "--baseline-precision-for", "vit_random=fp32"])
