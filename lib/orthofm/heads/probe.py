@@ -55,6 +55,24 @@ def _fit_path(x: np.ndarray, y: np.ndarray, n_classes: int, cs: tuple[float, ...
     return out
 
 
+def row_space(x: np.ndarray, rel_tol: float = 1e-7) -> np.ndarray | None:
+    """An orthonormal basis (F, r) of the span of ``x``'s rows when there are more features than rows, else None.
+
+    An L2-regularised linear model's weights lie in the span of its training rows, so fitting on ``x @ basis``
+    (r <= N columns) and mapping the weights back with ``basis.T`` gives the same model as fitting on ``x``: this
+    makes a probe on wide features (e.g. a grid of patch tokens: 19k dims for 3k images) several times faster.
+    Directions with a singular value below ``rel_tol`` of the largest carry no variance and are dropped.
+    """
+    n, f = x.shape
+    if f <= n:
+        return None
+    xd = np.asarray(x, dtype=np.float64)
+    eigvals, u = np.linalg.eigh(xd @ xd.T)  # Gram matrix: N x N, cheaper than an SVD of N x F
+    keep = eigvals > eigvals.max() * rel_tol**2
+    sv = np.sqrt(eigvals[keep])
+    return (xd.T @ u[:, keep]) / sv  # right singular vectors
+
+
 def _full_size(model: LogisticRegression, present: np.ndarray, n_classes: int,
                n_features: int) -> tuple[np.ndarray, np.ndarray]:
     """sklearn's coefficients for the classes present -> (W (K,F), b (K,)) over all ``n_classes``."""
@@ -91,6 +109,9 @@ class LogisticProbe(FeatureHead):
         x, y = self.check_xy(x, y, groups)
         self.scaler = Standardizer.fit(x)
         xs = self.scaler(x)
+        basis = row_space(xs)
+        if basis is not None:  # wide features: the same fit in the span of the rows (see row_space)
+            xs = xs.astype(np.float64) @ basis
         info: dict[str, Any] = {"cs": list(self.cs)}
         if len(set(groups)) >= 3 and len(self.cs) > 1:
             folds = group_kfold(y, groups, self.folds, seed)
@@ -110,6 +131,9 @@ class LogisticProbe(FeatureHead):
             calib = FitResult(logits=np.zeros((0, self.n_classes)), y=np.zeros(0, dtype=np.int64))
         path = tuple(c for c in self.cs if c <= self.c)
         self.w, self.b = _fit_path(xs, y, self.n_classes, path, self.balanced, self.max_iter)[-1]
+        if basis is not None:
+            self.w = self.w @ basis.T
+            info["row_space_dims"] = int(basis.shape[1])
         self.w, self.b = self.w.astype(np.float32), self.b.astype(np.float32)
         info["C"] = self.c
         log.info("probe: C=%g (grid %s, %s folds)", self.c, list(self.cs), info.get("cv_folds", "no"))
