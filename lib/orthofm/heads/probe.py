@@ -60,7 +60,8 @@ def row_space(x: np.ndarray, rel_tol: float = 1e-7) -> np.ndarray | None:
 
     An L2-regularised linear model's weights lie in the span of its training rows, so fitting on ``x @ basis``
     (r <= N columns) and mapping the weights back with ``basis.T`` gives the same model as fitting on ``x``: this
-    makes a probe on wide features (e.g. a grid of patch tokens: 19k dims for 3k images) several times faster.
+    makes a probe on wide features (e.g. a 7x7 grid of patch tokens: 19k dims for 3k images) fit in about 10 min
+    where the plain fit took more than 24 (one shared core; observed, not benchmarked).
     Directions with a singular value below ``rel_tol`` of the largest carry no variance and are dropped.
     """
     n, f = x.shape
