@@ -334,7 +334,7 @@ def test_one_baseline_run_can_have_its_own_precision(shared_data, tmp_path) -> N
     assert run["training"]["precision"] == "bf16"
     cached = json.loads(BaselineCache(tmp_path / "baselines").path("resnet18", run["key"]).read_text())
     assert cached["fields"]["config"]["precision"] == "bf16"
-    for bad in ({"resnet18@1": "fp16"}, {"resnet50@1": "fp32"}, {"resnet18": "fp32"}):
+    for bad in ({"resnet18@1": "fp16"}, {"resnet50@1": "fp32"}, {"resnet18": "fp32"}, {"resnet18@0.25": "fp32"}):
         with pytest.raises(ValueError):
             replace(base, baseline_precision_for=bad)
 

@@ -100,11 +100,12 @@ class ProtocolConfig:
     report_only: bool = False  # render the report from results.json now (e.g. while another process still runs)
 
     def __post_init__(self) -> None:  # a typo in an override fails before any training, not after
+        planned = {f"{m}@{float(f):g}" for m in self.baselines
+                   for f in self.baseline_method_fractions.get(m, self.baseline_fractions)}
         for item, precision in self.baseline_precision_for.items():
-            method, _, fraction = item.partition("@")
-            if method not in self.baselines or not fraction:
-                raise ValueError(f"baseline precision override {item!r}: expected <baseline>@<fraction> with a "
-                                 f"baseline in {self.baselines}")
+            if item not in planned:  # an override that matches no run would silently change nothing
+                raise ValueError(f"baseline precision override {item!r}: no such planned baseline run; "
+                                 f"expected one of {sorted(planned)}")
             resolve_precision(precision)
 
     def to_dict(self) -> dict[str, Any]:
@@ -415,7 +416,7 @@ def _run_protocol(config: ProtocolConfig, backbone: Backbone | None) -> dict[str
                                              on_epoch=lambda _epoch, m=method, kk=key: cache.heartbeat(m, kk))
                         probs = res.probs
                         run.update(training=res.summary(), wall_seconds=time.perf_counter() - t0,
-                                   trained_with={b: getattr(config.baseline, b) for b in BUDGET_FIELDS},
+                                   trained_with={b: getattr(run_cfg, b) for b in BUDGET_FIELDS},
                                    cpu_seconds=time.process_time() - cpu0)
                         path = cache.put(method, key, run, probs, y_test, fields={
                             "data": data_fp, "config": asdict(run_cfg), "fraction": fraction, "seed": seed})
