@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ..utils.atomic import fsync_file
 from .backbone import Backbone, BackboneConfig, backbone_from_config
 from .errors import WeightFormatError, strict_load
 from .pretrained import get_weights_cfg
@@ -104,13 +105,10 @@ def _umask() -> int:
 
 def _fsync(path: Path) -> None:
     os.chmod(path, 0o666 & ~_umask())  # readable like any new file (the server may run as another user)
-    fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
-    except OSError:
+        fsync_file(path)
+    except OSError:  # some file systems refuse fsync; the rename that follows is still atomic
         pass
-    finally:
-        os.close(fd)
 
 
 def _software() -> dict[str, str]:

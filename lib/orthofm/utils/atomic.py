@@ -15,7 +15,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "temp_name_for"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "fsync_dir", "fsync_file", "temp_name_for"]
 
 _TMP_MARK = ".tmp-"
 
@@ -54,7 +54,8 @@ def _reserve_temp(target: Path) -> Path:
     raise FileExistsError(f"could not create a unique temp file next to {str(target)!r}")
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_file(path: Path) -> None:
+    """Flush a finished file to disk before the rename that publishes it (a crash then leaves old or new, never half)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -79,7 +80,7 @@ def fsync_dir(folder: Path) -> None:
 def _commit(tmp: Path, target: Path) -> None:
     if target.exists():  # keep the permissions a user gave the existing file
         os.chmod(tmp, stat.S_IMODE(target.stat().st_mode))
-    _fsync_file(tmp)
+    fsync_file(tmp)
     os.replace(tmp, target)
     fsync_dir(target.parent)
 

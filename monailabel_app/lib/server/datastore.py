@@ -34,7 +34,7 @@ from monailabel.interfaces.exception import ImageNotFoundException
 from watchdog.events import PatternMatchingEventHandler
 from watchdog.observers import Observer
 
-from orthofm.utils.atomic import atomic_path, atomic_write_text
+from orthofm.utils.atomic import atomic_path, atomic_write_text, fsync_file
 
 from .config import ServerSettings
 
@@ -265,7 +265,7 @@ class OrthoDatastore(LocalDatastore):
                 tmp = os.path.join(self._datastore.image_path(), f".{image_id}.incoming-{os.getpid()}")
                 shutil.copytree(src, tmp)
                 for f in Path(tmp).iterdir():
-                    _fsync(f)
+                    fsync_file(f)
                 os.replace(tmp, dest)
             else:
                 with atomic_path(dest) as tmp:
@@ -377,14 +377,6 @@ def single_file(uri: str) -> str:
         if len(files) == 1:
             return files[0]
     return uri
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _is_dicom_folder(path: str) -> bool:
