@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from orthofm.ssl.config import DINOConfig
 from orthofm.ssl.losses import DINOLoss, KoLeoLoss, mae_loss
 
 TINY = [
@@ -74,6 +75,27 @@ def test_dino_loss_matches_cross_entropy_by_hand() -> None:
     t2 = [torch.randn(3, 5) for _ in range(2)]
     loss(s, t2, teacher_temp=0.04)  # from then on an EMA with momentum 0.9
     assert torch.allclose(loss.center, 0.9 * first_center + 0.1 * torch.cat(t2).mean(0, keepdim=True), atol=1e-6)
+
+
+def test_the_zero_centre_start_of_the_old_recipe_can_be_chosen() -> None:
+    """``dino.center_start=zero`` reproduces runs made before the first-batch start (the committed stage 2)."""
+    torch.manual_seed(0)
+    s = [torch.randn(3, 5) for _ in range(3)]
+    t = [torch.randn(3, 5) for _ in range(2)]
+    old, new = DINOLoss(5, center_start="zero"), DINOLoss(5)
+    old_value, new_value = old(s, t, teacher_temp=0.04), new(s, t, teacher_temp=0.04)
+    expected, pairs = 0.0, 0
+    for ti in range(2):  # an uncentred teacher on the first step
+        tp = torch.softmax(t[ti] / 0.04, dim=-1)
+        for si in range(3):
+            if si != ti:
+                expected += (-(tp * torch.log_softmax(s[si] / 0.1, dim=-1)).sum(-1)).mean()
+                pairs += 1
+    assert old_value.item() == pytest.approx((expected / pairs).item(), rel=1e-5)
+    assert old_value.item() != pytest.approx(new_value.item(), rel=1e-3)
+    assert torch.allclose(old.center, 0.1 * torch.cat(t).mean(0, keepdim=True), atol=1e-6)  # EMA from 0
+    with pytest.raises(ValueError, match="center_start"):
+        DINOConfig(center_start="last_batch")
 
 
 def _last_layers(checkpoint: Path) -> tuple[torch.Tensor, torch.Tensor]:

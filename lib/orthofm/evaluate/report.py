@@ -310,7 +310,8 @@ def write_report(data: dict[str, Any], out: str | Path) -> Path:
         (f"Backbone `{setup.get('backbone_id')}` ({setup.get('weights')}); train {setup.get('n_train')} images / "
         f"{setup.get('n_train_patients')} patients (class counts {setup.get('train_class_counts')}), test "
         f"{setup.get('n_test')} images / {setup.get('n_test_patients')} patients (class counts "
-        f"{setup.get('test_class_counts')}); ordinal={setup.get('ordinal')}; torch threads {setup.get('threads')}."),
+        f"{setup.get('test_class_counts')}); ordinal={setup.get('ordinal')}; torch threads of the process that wrote this report "
+        f"{setup.get('threads')} (a training run's own threads are in its row below)."),
         "",
         ("Protocol: for each label fraction and seed, whole patients are drawn (stratified by their highest grade); "
         "every method sees the same sample. Hyper-parameters (C, k, epochs) and the calibration temperature come "

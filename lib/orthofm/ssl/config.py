@@ -17,6 +17,7 @@ from orthofm.utils.runtime import resolve_precision
 from .augment import AugmentConfig
 
 CENTERINGS = ("ema", "sinkhorn")  # how the teacher's targets are made (losses/centering.py)
+CENTER_STARTS = ("first_batch", "zero")  # where the EMA centre starts (losses/centering.py)
 
 
 @dataclass
@@ -43,10 +44,15 @@ class DINOConfig:
     # teacher targets: "ema" (DINO/iBOT centring) or "sinkhorn" (Sinkhorn-Knopp, DINOv2; balanced prototype
     # usage within each batch, which does not need the large batches an EMA centre does)
     centering: str = "ema"
+    # the EMA centre starts at the first batch's mean; "zero" is the recipe before that fix (the committed
+    # stage 2 was trained with it), kept so that run can be reproduced
+    center_start: str = "first_batch"
 
     def __post_init__(self) -> None:  # a typo fails at once, not after the data has been decoded
         if self.centering not in CENTERINGS:
             raise ValueError(f"dino.centering must be one of {CENTERINGS}, got {self.centering!r}")
+        if self.center_start not in CENTER_STARTS:
+            raise ValueError(f"dino.center_start must be one of {CENTER_STARTS}, got {self.center_start!r}")
 
 
 @dataclass

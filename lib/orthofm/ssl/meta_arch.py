@@ -40,11 +40,11 @@ class SSLMetaArch(nn.Module):
             self.teacher = nn.ModuleDict({"backbone": teacher_backbone, "head": copy.deepcopy(self.student_head)})
             for p in self.teacher.parameters():
                 p.requires_grad = False
-            self.dino_loss = DINOLoss(d.out_dim, centering=d.centering)
+            self.dino_loss = DINOLoss(d.out_dim, centering=d.centering, center_start=d.center_start)
             if self.do_ibot:
                 self.mask_token = nn.Parameter(torch.zeros(1, 1, backbone.embed_dim))
                 nn.init.normal_(self.mask_token, std=0.02)
-                self.ibot_loss = IBOTPatchLoss(d.out_dim, centering=d.centering)
+                self.ibot_loss = IBOTPatchLoss(d.out_dim, centering=d.centering, center_start=d.center_start)
             if self.do_koleo:
                 self.koleo_loss = KoLeoLoss()
 

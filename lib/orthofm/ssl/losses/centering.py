@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..config import CENTERINGS
+from ..config import CENTER_STARTS, CENTERINGS
 
 __all__ = ["CentredDistillationLoss", "sinkhorn_knopp"]
 
@@ -56,19 +56,23 @@ class CentredDistillationLoss(nn.Module):
     """
 
     def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
-                 centering: str = "ema") -> None:
+                 centering: str = "ema", center_start: str = "first_batch") -> None:
         super().__init__()
         if centering not in CENTERINGS:
             raise ValueError(f"centering must be one of {CENTERINGS}, got {centering!r}")
+        if center_start not in CENTER_STARTS:
+            raise ValueError(f"center_start must be one of {CENTER_STARTS}, got {center_start!r}")
         self.centering = centering
+        self.center_start = center_start
         self.student_temp = student_temp
         self.center_momentum = center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
 
     @torch.no_grad()
     def start_center(self, teacher_logits: torch.Tensor) -> None:
-        """First step only: centre on this batch, not on 0 (see :meth:`update_center`)."""
-        if not bool(self.center.any()):
+        """First step only: centre on this batch, not on 0 (see :meth:`update_center`); ``center_start="zero"``
+        keeps the zero start of the recipe before that fix."""
+        if self.center_start == "first_batch" and not bool(self.center.any()):
             self.update_center(teacher_logits, momentum=0.0)
 
     @torch.no_grad()
