@@ -20,8 +20,8 @@ from orthofm.active import SelectionInput, select
 log = logging.getLogger("orthofm.activelearning")
 
 MODEL_TAGS = ("original",)
-# What `uncertainty` and `hybrid` use until a head is trained: the KL replay (docs/monailabel_app.md, "Active-learning
-# replay") found coreset ahead of random on kappa in the cold start and typiclust behind it.
+# What `uncertainty` and `hybrid` use until a head is trained: the KL replays (docs/monailabel_app.md, "Active-learning
+# replay") found coreset ahead of random in the cold start on both default backbones, and typiclust behind it.
 COLD_START_STRATEGY = "coreset"
 COMMON_PARAMS = {
     "reserve_seconds": Param((int, float), lo=0, hi=7 * 86400),
