@@ -181,3 +181,45 @@ def test_uniform_collapse_detector() -> None:
     assert not dino_uniform_collapse(learning, k)
     assert not dino_uniform_collapse(pinned[:5], k), "too short a history must not warn"
     assert not dino_uniform_collapse(pinned, 65536), "ln(K) depends on the number of prototypes"
+
+
+def _labelled(shared_data: Path, root: Path, split: str, per_class: int) -> Path:
+    """A folder-per-class KL set of real knees (symlinks), ``per_class`` images of each grade."""
+    for grade in range(5):
+        folder = root / split / str(grade)
+        folder.mkdir(parents=True)
+        for f in sorted((shared_data / "knee_kl" / split / str(grade)).glob("*.png"))[:per_class]:
+            (folder / f.name).symlink_to(f)
+    return root / split
+
+
+@pytest.mark.timeout(300)
+def test_progress_probe_logs_frozen_feature_quality_without_moving_the_run(shared_data: Path, tmp_path: Path) -> None:
+    data = _few_images(shared_data, tmp_path)
+    train = _labelled(shared_data, tmp_path / "probe", "train", per_class=6)
+    val = _labelled(shared_data, tmp_path / "probe", "val", per_class=3)
+    plain, probed = tmp_path / "plain", tmp_path / "probed"
+    subprocess.run(_cli(data, plain, "mae+dino", []), check=True, env=_env(), capture_output=True)
+    extra = [f"probe_train={train}", f"probe_val={val}", "probe_every_epochs=1"]
+    subprocess.run(_cli(data, probed, "mae+dino", extra), check=True, env=_env(), capture_output=True)
+
+    with open(probed / "probe.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in rows] == [3, 6]  # 3 steps per epoch, a probe per epoch
+    for row in rows:
+        assert 0.0 <= float(row["accuracy"]) <= 1.0 and -1.0 <= float(row["qwk"]) <= 1.0
+        assert float(row["seconds"]) > 0
+    assert rows[0]["accuracy"] != "nan"
+    # the probe reads the run's backbone but never its RNG: the same losses step for step
+    assert _losses(probed) == pytest.approx(_losses(plain), rel=1e-6)
+    assert (probed / "loss_curve.png").stat().st_size > 0
+    assert not [p for p in probed.iterdir() if p.name.startswith("probe-")], "the scratch feature store stays behind"
+
+
+def test_progress_probe_needs_both_labelled_sets() -> None:
+    from orthofm.ssl.config import PretrainConfig
+
+    with pytest.raises(ValueError, match="probe_train and probe_val"):
+        PretrainConfig(probe_train="somewhere")
+    with pytest.raises(ValueError, match="probe_every_epochs"):
+        PretrainConfig(probe_every_epochs=1.0)

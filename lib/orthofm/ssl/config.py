@@ -86,12 +86,18 @@ class PretrainConfig:
     checkpoint_every_steps: int = 0  # > 0 overrides the time-based interval (tests)
     log_every_steps: int = 10
     max_steps: int = 0  # > 0 stops early (tests, smoke runs)
-    probe_train: str | None = None  # folder-per-class labelled images for a progress probe
+    # progress probe (``orthofm.ssl.progress_probe``): labelled folder-per-class (or labels.csv) sets; the
+    # exported backbone is probed every ``probe_every_epochs`` (0: at the end only) into probe.csv
+    probe_train: str | None = None
     probe_val: str | None = None
     probe_every_epochs: float = 0.0
 
     def __post_init__(self) -> None:  # a typo fails at once, not after the data has been decoded
         resolve_precision(self.precision)
+        if bool(self.probe_train) != bool(self.probe_val):
+            raise ValueError("the progress probe needs both probe_train and probe_val (labelled image sets)")
+        if self.probe_every_epochs > 0 and not self.probe_train:
+            raise ValueError("probe_every_epochs is set but probe_train / probe_val are not")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

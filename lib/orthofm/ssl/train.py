@@ -30,6 +30,7 @@ from .collapse import dino_uniform_collapse
 from .config import PretrainConfig, save_config
 from .data import DecodedImageCache, discover_sources
 from .meta_arch import SSLMetaArch
+from .progress_probe import PROBE_CSV, ProgressProbe, append_probe_row, probe_steps
 from .stopping import PretrainingStopped, StopRequest, agree_any
 
 log = logging.getLogger(__name__)
@@ -209,6 +210,7 @@ def pretrain(config: PretrainConfig) -> Path:
         torch.set_rng_state(rng[info.rank] if info.rank < len(rng) else rng[0])
         if info.is_main:
             _truncate_metrics(out / METRICS, step)
+            _truncate_metrics(out / PROBE_CSV, step)
             log.info("resumed from %s at step %d", ckpt_path, step)
 
     model = meta
@@ -217,6 +219,10 @@ def pretrain(config: PretrainConfig) -> Path:
     precision = resolve_precision(config.precision, info.device)
     autocast = torch.autocast(info.device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
     warmup = int(config.warmup_epochs * steps_per_epoch)
+    probing = bool(config.probe_train and config.probe_val)
+    probe_every = probe_steps(config.probe_every_epochs, steps_per_epoch) if probing else 0
+    # labelled sets read up front: a wrong folder fails now, not after the first epoch
+    probe = ProgressProbe(config.probe_train, config.probe_val) if probing and info.is_main else None
     end_step = min(total_steps, config.max_steps) if config.max_steps > 0 else total_steps
     if info.is_main:
         log.info("pretraining %s (%s) on %d items: %d steps of %d images (%d per epoch), lr %.2e, %s",
@@ -274,7 +280,14 @@ def pretrain(config: PretrainConfig) -> Path:
                                     "'DINO from MAE weights'",
                                     d.out_dim, math.log(d.out_dim), len(dino_history[-10:]))
 
-            local_due = step == end_step or (
+            probe_due = probing and (step == end_step or (probe_every > 0 and step % probe_every == 0))
+            if probe_due:
+                if probe is not None:
+                    _run_probe(probe, meta, out, step, steps_per_epoch)
+                if info.world > 1:
+                    dist.barrier()  # the other ranks wait for rank 0's probe
+
+            local_due = probe_due or step == end_step or (
                 config.checkpoint_every_steps > 0 and step % config.checkpoint_every_steps == 0) or (
                 config.checkpoint_every_steps <= 0
                 and time.time() - last_ckpt_time > 60 * config.checkpoint_every_minutes)
@@ -296,6 +309,14 @@ def pretrain(config: PretrainConfig) -> Path:
     if info.world > 1:
         dist.barrier()
     return out
+
+
+def _run_probe(probe: ProgressProbe, meta: SSLMetaArch, out: Path, step: int, steps_per_epoch: int) -> None:
+    with torch.random.fork_rng(devices=[]):  # belt and braces: the probe must not move the run's RNG
+        metrics = probe.run(meta.export_backbone(), out)
+    append_probe_row(out / PROBE_CSV, step, step / steps_per_epoch, metrics)
+    log.info("probe at step %d (epoch %.2f): val accuracy %.3f, QWK %.3f (%.0f s)", step, step / steps_per_epoch,
+             metrics.get("accuracy", float("nan")), metrics.get("qwk", float("nan")), metrics["seconds"])
 
 
 def _momentum(step: int, total: int, start: float, end: float) -> float:
@@ -322,6 +343,6 @@ def _plot_quietly(out: Path) -> None:
     try:
         from .plots import plot_losses
 
-        plot_losses(out / METRICS, out / "loss_curve.png")
+        plot_losses(out / METRICS, out / "loss_curve.png", out / PROBE_CSV)
     except Exception as err:  # noqa: BLE001 - a plot must never stop a training run
         log.warning("could not plot losses: %s", err)
