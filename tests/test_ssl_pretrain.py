@@ -205,7 +205,7 @@ def test_progress_probe_logs_frozen_feature_quality_without_moving_the_run(share
 
     with open(probed / "probe.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert [int(r["step"]) for r in rows] == [3, 6]  # 3 steps per epoch, a probe per epoch
+    assert [int(r["step"]) for r in rows] == [0, 3, 6]  # the start, then one per epoch (3 steps each)
     for row in rows:
         assert 0.0 <= float(row["accuracy"]) <= 1.0 and -1.0 <= float(row["qwk"]) <= 1.0
         assert float(row["seconds"]) > 0

@@ -229,6 +229,11 @@ def pretrain(config: PretrainConfig) -> Path:
                  config.arch, config.objective, len(cache), total_steps, global_batch, steps_per_epoch, lr, precision)
 
     meta.train()
+    if probing and step == 0 and end_step > 0:  # the starting point: what a continuation has to beat
+        if probe is not None:
+            _run_probe(probe, meta, out, 0, steps_per_epoch)
+        if info.world > 1:
+            dist.barrier()
     with StopRequest() as stop:  # SIGTERM / Ctrl-C: checkpoint this step, then raise PretrainingStopped
         d = config.dino
         last_ckpt_time = time.time()
