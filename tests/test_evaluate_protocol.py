@@ -347,3 +347,37 @@ def test_the_precision_override_flag_reaches_the_configuration(monkeypatch, tmp_
     assert cfg.baseline_for("resnet18", 1.0).precision == "bf16"
     with pytest.raises(SystemExit, match="BASELINE@PERCENT"):
         _config_from_cli(monkeypatch, ["--out", str(tmp_path), "--baseline-precision-for", "vit_random=fp32"])
+
+
+def test_report_answers_whether_pretraining_beats_the_random_init_twin(tmp_path) -> None:
+    """The foundation-model claim, answered per OrthoFM method against the random-init ViT on the same labels."""
+    from orthofm.evaluate.report import write_report
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 90)
+    good = np.eye(3)[y] * 0.8 + 0.2 / 3  # right grade with probability 0.87
+    noise = rng.dirichlet(np.ones(3), 90)
+    training = {"converged": True, "cpu_minutes": 50.0, "wall_minutes": 40.0, "epochs_run": 9, "best_epoch": 3,
+                "stop_reason": "early stopping"}
+    runs = [{"method": "probe", "fraction": 1.0, "seed": 0, "key": "p", "n_train": 10, "cpu_seconds": 6.0,
+             "metrics": protocol._metrics(y, good, True)},
+            {"method": "finetune", "fraction": 1.0, "seed": 0, "key": "f", "n_train": 10, "cpu_seconds": 60.0,
+             "metrics": protocol._metrics(y, noise, True), "training": {**training, "cpu_minutes": 1.0}},
+            {"method": "vit_random", "fraction": 1.0, "seed": 0, "key": "v", "n_train": 10, "cpu_seconds": 3000.0,
+             "metrics": protocol._metrics(y, 0.5 * good + 0.5 * noise, True), "training": training}]
+    data = {"config": {"task": "t", "command": "orthofm evaluate x", "preset": "cpu", "baseline": {}},
+            "setup": {}, "runs": runs, "summary": protocol.summarise(runs), "predictions": {}}
+    md = write_report(data, tmp_path).read_text()
+    answer = md.split("**Does the pretraining beat the same ViT trained from random init on the same labels?**")[1]
+    answer = answer.split("**How far")[0]
+    assert "Same ViT from random init, 100 % of the labels (seeds: 1)" in answer and "50 CPU-min per run" in answer
+    probe_line = next(line for line in answer.splitlines() if line.startswith("- OrthoFM + logistic probe"))
+    tuned_line = next(line for line in answer.splitlines() if line.startswith("- OrthoFM, last blocks fine-tuned"))
+    assert "accuracy" in probe_line and "beats" in probe_line and "falls short" not in probe_line
+    assert "falls short of" in tuned_line and "1.00 CPU-min per run" in tuned_line
+    assert "lower bound" not in answer  # the twin converged
+
+    runs[2]["training"] = {**training, "converged": False, "stop_reason": "CPU budget"}
+    data["summary"] = protocol.summarise(runs)
+    md = write_report(data, tmp_path).read_text()
+    assert "its numbers are a lower bound" in md
