@@ -317,6 +317,7 @@ def pretrain(config: PretrainConfig) -> Path:
 
 
 def _run_probe(probe: ProgressProbe, meta: SSLMetaArch, out: Path, step: int, steps_per_epoch: int) -> None:
+    log.info("probe at step %d: embedding %d + %d labelled images", step, len(probe.train.paths), len(probe.val.paths))
     with torch.random.fork_rng(devices=[]):  # belt and braces: the probe must not move the run's RNG
         metrics = probe.run(meta.export_backbone(), out)
     append_probe_row(out / PROBE_CSV, step, step / steps_per_epoch, metrics)
