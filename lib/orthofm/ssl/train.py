@@ -270,7 +270,9 @@ def pretrain(config: PretrainConfig) -> Path:
             seen += global_batch
 
             if info.is_main and (step % config.log_every_steps == 0 or step == end_step):
+                # the rate of this log window: a pause (SIGSTOP, a busy machine, a probe) does not skew the ETA
                 rate = seen / max(time.time() - tic, 1e-9)
+                tic, seen = time.time(), 0
                 eta = (end_step - step) * global_batch / max(rate, 1e-9)
                 values = {k: float(v.detach()) for k, v in losses.items()}
                 _append_metrics(out / METRICS, step, epoch, current_lr, size, rate, values)
@@ -291,6 +293,7 @@ def pretrain(config: PretrainConfig) -> Path:
                     _run_probe(probe, meta, out, step, steps_per_epoch)
                 if info.world > 1:
                     dist.barrier()  # the other ranks wait for rank 0's probe
+                tic, seen = time.time(), 0
 
             local_due = probe_due or step == end_step or (
                 config.checkpoint_every_steps > 0 and step % config.checkpoint_every_steps == 0) or (
