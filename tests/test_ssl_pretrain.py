@@ -201,6 +201,9 @@ def test_progress_probe_logs_frozen_feature_quality_without_moving_the_run(share
     plain, probed = tmp_path / "plain", tmp_path / "probed"
     subprocess.run(_cli(data, plain, "mae+dino", []), check=True, env=_env(), capture_output=True)
     extra = [f"probe_train={train}", f"probe_val={val}", "probe_every_epochs=1"]
+    probed.mkdir()  # rows left by a run killed before its first checkpoint: the new run starts over without them
+    (probed / "metrics.csv").write_text("step,epoch,lr,size,img_per_s,loss\n1,0,0.1,64,1.0,99.0\n")
+    (probed / "probe.csv").write_text("step,epoch,accuracy,qwk,macro_f1,ece,seconds\n0,0,0.9,0.9,0.9,0.1,1\n")
     subprocess.run(_cli(data, probed, "mae+dino", extra), check=True, env=_env(), capture_output=True)
 
     with open(probed / "probe.csv", newline="") as fh:

@@ -212,6 +212,9 @@ def pretrain(config: PretrainConfig) -> Path:
             _truncate_metrics(out / METRICS, step)
             _truncate_metrics(out / PROBE_CSV, step)
             log.info("resumed from %s at step %d", ckpt_path, step)
+    elif info.is_main:  # a run killed before its first checkpoint starts over: its logs (and their header) go too
+        (out / METRICS).unlink(missing_ok=True)
+        (out / PROBE_CSV).unlink(missing_ok=True)
 
     model = meta
     if info.world > 1:
