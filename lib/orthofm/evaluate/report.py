@@ -66,8 +66,7 @@ def _answer_half_labels(summary: list[dict[str, Any]], data: dict[str, Any] | No
         for metric in ("accuracy", "qwk"):
             if metric not in row or metric not in ref:
                 continue
-            diff = row[metric]["mean"] - ref[metric]["mean"]
-            tol = max(row[metric]["std"], ref[metric]["std"])
+            diff, tol = _gap(row, ref, metric)
             verdict = "matches or beats" if diff >= -tol else "falls short of"
             verdicts.append(f"{metric} {_fmt(row[metric])} ({diff:+.3f}; {verdict})")
         lines.append(f"- {METHOD_NAMES[method]}, 50 % of the labels: " + "; ".join(verdicts) + ".")
@@ -81,10 +80,14 @@ def _answer_half_labels(summary: list[dict[str, Any]], data: dict[str, Any] | No
     return lines
 
 
+def _gap(row: dict[str, Any], ref: dict[str, Any], metric: str) -> tuple[float, float]:
+    """(mean difference, tolerance): the report's rules count a gap within the larger seed SD as level."""
+    return row[metric]["mean"] - ref[metric]["mean"], max(row[metric]["std"], ref[metric]["std"])
+
+
 def _verdict(row: dict[str, Any], ref: dict[str, Any], metric: str) -> str:
-    """``metric`` of ``row`` against ``ref`` with the report's rule: within the larger seed SD counts as level."""
-    diff = row[metric]["mean"] - ref[metric]["mean"]
-    tol = max(row[metric]["std"], ref[metric]["std"])
+    """``metric`` of ``row`` against ``ref``: beats, level with, or falls short of (``_gap``'s tolerance)."""
+    diff, tol = _gap(row, ref, metric)
     verdict = "beats" if diff > tol else "level with" if diff >= -tol else "falls short of"
     return f"{metric} {_fmt(row[metric])} ({diff:+.3f}; {verdict})"
 
