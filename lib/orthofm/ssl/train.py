@@ -273,7 +273,7 @@ def pretrain(config: PretrainConfig) -> Path:
             seen += global_batch
 
             if info.is_main and (step % config.log_every_steps == 0 or step == end_step):
-                # the rate of this log window: a pause (SIGSTOP, a busy machine, a probe) does not skew the ETA
+                # the rate of this log window: a pause (SIGSTOP, a busy machine) skews one window, not the rest of the run
                 rate = seen / max(time.time() - tic, 1e-9)
                 tic, seen = time.time(), 0
                 eta = (end_step - step) * global_batch / max(rate, 1e-9)
